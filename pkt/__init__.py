@@ -1,0 +1,26 @@
+"""pkt: neuron-based personality trait induction (NPTI) and its baselines."""
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+__version__ = "0.1.0"
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ROOT_DIR = PACKAGE_DIR.parent
+CONF_DIR = ROOT_DIR / "conf"
+DATA_DIR = PACKAGE_DIR / "bench" / "data"
+
+
+class PktError(Exception):
+    """A user-facing error: reported as one line, never as a traceback."""
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("pkt_root"):
+        OmegaConf.register_new_resolver("pkt_root", lambda: str(ROOT_DIR))
+    if not OmegaConf.has_resolver("pkt_data"):
+        OmegaConf.register_new_resolver("pkt_data", lambda: str(DATA_DIR))
+
+
+_register_resolvers()

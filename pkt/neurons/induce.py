@@ -1,0 +1,107 @@
+"""Trait induction by editing neuron activations during generation (NPTI step 2).
+
+For the target aspect's neurons ``a_j <- a_j + p95_j * strength * sigmoid(10 (diff_j - 0.15))``
+(each kept with probability ``keep_prob`` by a fresh mask at every forward pass) and, for
+the opposite aspect's neurons, ``a <- min(a, 0)``. The edit is precomputed as two dense
+per-layer vectors on the model's device and dtype, so each hooked forward does one
+``relu``-subtract and one masked add per layer, with no Python loop over neurons and no
+host synchronisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from pkt import PktError
+from pkt.neurons.select import NeuronSet
+from pkt.neurons.sites import neuron_sites, shape
+
+
+def edit_amount(ns: NeuronSet, strength: float) -> torch.Tensor:
+    return ns.p95 * strength * torch.sigmoid(10.0 * (ns.diff - 0.15))
+
+
+def check_fits(ns: NeuronSet, n_layers: int, width: int, what: str) -> None:
+    if len(ns) == 0:
+        return
+    if int(ns.layer.min()) < 0 or int(ns.layer.max()) >= n_layers:
+        raise PktError(f"{what}: layer index {int(ns.layer.max())} out of range for a model "
+                       f"with {n_layers} layers")
+    if int(ns.index.min()) < 0 or int(ns.index.max()) >= width:
+        raise PktError(f"{what}: neuron index {int(ns.index.max())} out of range for a model "
+                       f"with {width} MLP neurons per layer")
+
+
+class Induction:
+    def __init__(self, model, target: NeuronSet, opposite: NeuronSet | None, strength: float = 1.0,
+                 keep_prob: float = 0.9, deactivate: bool = True, include_prompt: bool = False,
+                 seed: int = 0):
+        strength = float(strength)
+        if not math.isfinite(strength) or strength < 0:
+            raise PktError(f"method.strength must be a finite number >= 0, got {strength}")
+        if not 0.0 < float(keep_prob) <= 1.0:
+            raise PktError(f"method.keep_prob must be in (0, 1], got {keep_prob}")
+        self.model = model
+        self.n_layers, self.width = shape(model)
+        check_fits(target, self.n_layers, self.width, "target neuron set")
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.keep_prob = float(keep_prob)
+        self.include_prompt = include_prompt
+        add = torch.zeros(self.n_layers, self.width, dtype=torch.float32)
+        add.index_put_((target.layer, target.index), edit_amount(target, strength), accumulate=True)
+        opp = torch.zeros(self.n_layers, self.width, dtype=torch.float32)
+        if deactivate and opposite is not None:
+            check_fits(opposite, self.n_layers, self.width, "opposite neuron set")
+            opp[opposite.layer, opposite.index] = 1.0
+        self.add = add.to(self.device, self.dtype)
+        self.opp = opp.to(self.device, self.dtype)
+        self.has_add = (add != 0).any(-1).tolist()
+        self.has_opp = (opp != 0).any(-1).tolist()
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+        self.forwards = 0  # hooked forwards that were edited (per layer call)
+
+    def edit(self, layer: int, out: torch.Tensor) -> torch.Tensor:
+        """Apply the edit to one layer's activations ``out`` [..., width]."""
+        inplace = not torch.is_grad_enabled()
+        if self.has_opp[layer]:
+            dec = torch.relu(out) * self.opp[layer]  # a - max(a, 0) = min(a, 0) where opp = 1
+            out = out.sub_(dec) if inplace else out - dec
+        if self.has_add[layer]:
+            inc = self.add[layer]
+            if self.keep_prob < 1.0:
+                keep = torch.rand(self.width, generator=self.generator, device=self.device)
+                inc = inc * (keep < self.keep_prob)
+            out = out.add_(inc) if inplace else out + inc
+        self.forwards += 1
+        return out
+
+    @contextlib.contextmanager
+    def apply(self, model=None):
+        """Hooks on every layer's activation module, removed on exit (also on error).
+
+        Decode steps only unless ``include_prompt``: with a KV cache a decode step feeds one
+        position per sequence, the prompt prefill feeds the whole prompt.
+        """
+        handles = []
+
+        def make(layer):
+            def hook(_mod, _inp, out):
+                if not self.include_prompt and out.shape[-2] > 1:
+                    return None
+                return self.edit(layer, out)
+
+            return hook
+
+        try:
+            for i, site in enumerate(neuron_sites(model or self.model)):
+                if self.has_add[i] or self.has_opp[i]:
+                    handles.append(site.register_forward_hook(make(i)))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()

@@ -1,0 +1,95 @@
+"""Where a model's MLP neurons live, per architecture.
+
+A *neuron* is one unit of the MLP's activation output *before* any product with an up
+projection: ``act_fn(gate_proj(x))`` in gated Llama-style MLPs, the gate half of Phi-3's
+fused ``gate_up_proj`` (its ``activation_fn`` sees only that half), ``act(c_fc(x))`` in
+GPT-2. Every supported family applies that activation through its own module, so a forward
+hook on that module reads (and may replace) exactly the neuron values, without computing
+anything twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pkt import PktError
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    layers: str  # attribute path from the base model to the list of decoder blocks
+    act: str  # attribute path from a block to the activation module
+    mlp: str  # attribute path from a block to its MLP (for messages)
+
+
+_GATED = SiteSpec(layers="model.layers", act="mlp.act_fn", mlp="mlp")
+
+ARCHITECTURES: dict[str, SiteSpec] = {
+    "llama": _GATED,
+    "mistral": _GATED,
+    "qwen2": _GATED,
+    "qwen3": _GATED,
+    "gemma": _GATED,
+    "gemma2": _GATED,
+    "gemma3_text": _GATED,
+    "olmo2": _GATED,
+    "phi3": SiteSpec(layers="model.layers", act="mlp.activation_fn", mlp="mlp"),
+    "gpt2": SiteSpec(layers="transformer.h", act="mlp.act", mlp="mlp"),
+}
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Unwrap a peft model to the transformers model underneath."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def spec_for(model: torch.nn.Module) -> SiteSpec:
+    m = base_model(model)
+    mt = getattr(m.config, "model_type", None)
+    spec = ARCHITECTURES.get(mt)
+    if spec is None:
+        try:
+            mlp_cls = type(_get(_get(m, "model.layers")[0], "mlp")).__name__
+        except (AttributeError, IndexError, TypeError):
+            mlp_cls = "unknown"
+        raise PktError(
+            f"unsupported architecture: model_type '{mt}' (MLP class {mlp_cls}); "
+            f"supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    return spec
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return list(_get(base_model(model), spec_for(model).layers))
+
+
+def neuron_sites(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The activation module of every layer, in layer order (one hook site per layer)."""
+    spec = spec_for(model)
+    sites = [_get(layer, spec.act) for layer in decoder_layers(model)]
+    if len({id(s) for s in sites}) != len(sites):
+        raise PktError("activation modules are shared between layers; cannot address neurons per layer")
+    return sites
+
+
+def mlp_width(model: torch.nn.Module) -> int:
+    cfg = base_model(model).config
+    for k in ("intermediate_size", "n_inner"):
+        v = getattr(cfg, k, None)
+        if v:
+            return int(v)
+    return 4 * int(cfg.n_embd)  # GPT-2 default
+
+
+def shape(model: torch.nn.Module) -> tuple[int, int]:
+    """(layers, neurons per layer)."""
+    return len(neuron_sites(model)), mlp_width(model)

@@ -1,0 +1,141 @@
+"""Streaming per-neuron statistics over generated-token positions.
+
+Memory is O(layers x neurons x bins), whatever the number of tokens: for every neuron we
+keep the count of tokens where its activation is > 0 and a 301-bin histogram of its
+values: bin 0 holds (-inf, 0); bins 1..300 are 0.01 wide starting at 0 ([0, 0.01), ...),
+the last one open-ended ([2.99, inf)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from tqdm.auto import tqdm
+
+from pkt.neurons.sites import neuron_sites
+
+N_BINS = 301
+BIN_WIDTH = 0.01
+
+
+class ActivationStats:
+    def __init__(self, n_layers: int, width: int, device="cpu"):
+        self.n_layers, self.width = n_layers, width
+        self.counts = torch.zeros(n_layers, width, dtype=torch.int64, device=device)
+        self.hist = torch.zeros(n_layers, width * N_BINS, dtype=torch.int64, device=device)
+        self.tokens = 0
+        self._offsets = torch.arange(width, device=device) * N_BINS
+
+    @torch.no_grad()
+    def update(self, layer: int, acts: torch.Tensor) -> None:
+        """Add ``acts`` [M, width] (M counted token positions) for ``layer``."""
+        if acts.shape[0] == 0:
+            return
+        a = acts.float()
+        self.counts[layer] += (a > 0).sum(0)
+        b = torch.floor_divide(a, BIN_WIDTH).add_(1).clamp_(0, N_BINS - 1)
+        b[a < 0] = 0
+        flat = (b.long() + self._offsets).view(-1)
+        self.hist[layer] += torch.bincount(flat, minlength=self.width * N_BINS)
+
+    def histogram(self) -> torch.Tensor:
+        return self.hist.view(self.n_layers, self.width, N_BINS)
+
+    def prob(self) -> torch.Tensor:
+        """P(activation > 0) per neuron, [layers, width]."""
+        return self.counts.double().div(max(self.tokens, 1)).float()
+
+    def percentile(self, q: float = 0.95) -> torch.Tensor:
+        """The q-quantile of each neuron's activation, read off the histogram.
+
+        Interpolated linearly inside the bin where the cumulative share crosses q; a
+        quantile in the negative bin is reported as 0, one in the open last bin as 2.99.
+        """
+        h = self.histogram().double()
+        total = h.sum(-1, keepdim=True).clamp_min(1)
+        cdf = h.cumsum(-1) / total
+        k = (cdf < q).sum(-1).clamp_max(N_BINS - 1)  # first bin with cdf >= q
+        below = torch.where(k > 0, cdf.gather(-1, (k - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1),
+                            torch.zeros_like(k, dtype=cdf.dtype))
+        inbin = h.gather(-1, k.unsqueeze(-1)).squeeze(-1) / total.squeeze(-1)
+        frac = ((q - below) / inbin.clamp_min(1e-12)).clamp(0, 1)
+        lo = (k - 1).double() * BIN_WIDTH
+        val = torch.where(k == 0, torch.zeros_like(lo), lo + frac * BIN_WIDTH)
+        val = torch.where(k == N_BINS - 1, torch.full_like(val, (N_BINS - 2) * BIN_WIDTH), val)
+        return val.float()
+
+
+@contextlib.contextmanager
+def recording(model, stats: ActivationStats, state: dict):
+    """Hooks that add each layer's activations at ``state['mask']`` positions to ``stats``.
+
+    ``state['mask']`` is a bool [batch, seq] tensor set by the caller before each forward.
+    """
+    handles = []
+
+    def make(layer):
+        def hook(_mod, _inp, out):
+            mask = state.get("mask")
+            if mask is not None:
+                stats.update(layer, out[mask])
+
+        return hook
+
+    try:
+        for i, site in enumerate(neuron_sites(model)):
+            handles.append(site.register_forward_hook(make(i)))
+        yield stats
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def padded_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int, device):
+    """Left-pad prompt+response (without its last token); mark the response-producing positions.
+
+    Position t produces token t+1, so the positions that produce the R generated tokens are
+    the last prompt position up to the second-to-last response token: the last R columns.
+    """
+    rows = [p + r[:-1] for p, r in seqs]
+    width = max(len(x) for x in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    count = torch.zeros((len(rows), width), dtype=torch.bool)
+    for b, ((_p, r), row) in enumerate(zip(seqs, rows)):
+        ids[b, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        attn[b, width - len(row):] = 1
+        if r:
+            count[b, width - len(r):] = True
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    return ids.to(device), attn.to(device), pos.to(device), count.to(device)
+
+
+@torch.no_grad()
+def collect_stats(model, seqs: list[tuple[list[int], list[int]]], pad_id: int,
+                  batch_size: int = 8, progress: bool = True, desc: str = "statistics",
+                  stats: ActivationStats | None = None) -> ActivationStats:
+    """Teacher-forced pass over (prompt ids, generated ids) pairs.
+
+    Equivalent to hooking every decode step: the same positions see the same inputs.
+    """
+    from pkt.neurons.sites import shape
+
+    device = next(model.parameters()).device
+    if stats is None:
+        n_layers, width = shape(model)
+        stats = ActivationStats(n_layers, width, device=device)
+    state: dict = {}
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+    with recording(model, stats, state):
+        for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
+            batch = [seqs[i] for i in order[s : s + batch_size] if seqs[i][1]]
+            if not batch:
+                continue
+            ids, attn, pos, count = padded_batch(batch, pad_id, device)
+            state["mask"] = count
+            # logits are not needed: keep the LM head to one position
+            model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
+                  logits_to_keep=1)
+            stats.tokens += int(count.sum())
+    return stats

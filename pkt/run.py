@@ -1,0 +1,224 @@
+"""The runner: ``python -m pkt.run method=neuron trait=agreeableness [overrides]``.
+
+compose -> bench -> model -> method.prepare() -> method.respond(test questions) ->
+evaluators -> generations.jsonl + metrics.json + run_info.json (+ a W&B run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import random
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pkt import CONF_DIR, PktError
+from pkt.artifacts import write_json_atomic, write_text_atomic
+from pkt.generation import GenConfig
+from pkt.methods import RunContext
+
+log = logging.getLogger("pkt.run")
+
+ASPECTS = ("high", "low")
+PACKAGES = ("pkt", "torch", "transformers", "hydra-core", "omegaconf", "peft", "lightning",
+            "wandb", "accelerate", "safetensors", "gguf", "sentence-transformers", "numpy")
+
+
+def config_groups() -> dict[str, list[str]]:
+    out = {}
+    for d in sorted(CONF_DIR.iterdir()):
+        if d.is_dir() and d.name != "hydra":
+            out[d.name] = sorted(p.stem for p in d.glob("*.yaml"))
+    return out
+
+
+def preflight(argv: list[str]) -> None:
+    """Reject unknown config choices (trait=nonsense, ...) with one clear line, before Hydra."""
+    groups = config_groups()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if "(" in value or not value:
+            continue  # sweep functions (range, glob, choice...) are checked by Hydra
+        values = [v.strip() for v in value.split(",")]
+        if key in groups and key != "experiment" or key == "experiment" and value != "null":
+            for v in values:
+                if v not in groups[key] and v != "null":
+                    raise PktError(f"unknown {key} '{v}' (choose from: {', '.join(groups[key])})")
+        if key == "aspect":
+            for v in values:
+                if v not in ASPECTS:
+                    raise PktError(f"unknown aspect '{v}' (choose from: high, low)")
+
+
+@contextmanager
+def timed(timings: dict, name: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.perf_counter() - t0, 3)
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CONF_DIR.parent, capture_output=True,
+                           text=True, timeout=5)
+        return r.stdout.strip() if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def build_tracker(cfg: DictConfig, run_dir: Path, label: str):
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = cfg.logger.get("group") or (Path(hc.sweep.dir).name if multirun else None)
+    if group and cfg.get("tag"):
+        group = f"{cfg.tag}-{group}"
+    name = f"{label}-{cfg.trait.name}-{cfg.aspect}-{cfg.model.name}"
+    if multirun:
+        name = f"{hc.job.num}-{name}"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return instantiate(cfg.logger, run_dir=run_dir, run_config=resolved, name=name, group=group,
+                       _recursive_=False, _convert_="all")
+
+
+def run(cfg: DictConfig) -> dict:
+    timings: dict = {}
+    t_start = time.perf_counter()
+    if cfg.aspect not in ASPECTS:
+        raise PktError(f"unknown aspect '{cfg.aspect}' (choose from: high, low)")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PktError(f"output folder is not writable: {run_dir} ({e.strerror})") from None
+    seed_everything(int(cfg.seed))
+    label = cfg.method.name + (f"_{cfg.method.variant}" if "variant" in cfg.method else "")
+    tracker = build_tracker(cfg, run_dir, label)
+    ok = False
+    try:
+        with timed(timings, "load_data"):
+            bench = instantiate(cfg.data, trait=cfg.trait.name)
+        with timed(timings, "load_model"):
+            lm = instantiate(cfg.model).load()
+        ctx = RunContext(lm=lm, bench=bench, trait=cfg.trait, aspect=cfg.aspect,
+                         seed=int(cfg.seed), gen=GenConfig.from_cfg(cfg.gen), run_dir=run_dir,
+                         cache_dir=Path(cfg.paths.cache_dir), tracker=tracker,
+                         progress=sys.stderr.isatty() or bool(cfg.get("progress", True)))
+        # built as a partial, then given the context (a plain object, kept out of OmegaConf)
+        method = instantiate(cfg.method, _partial_=True, _recursive_=False, _convert_="all")(ctx=ctx)
+        log.info("method %s, trait %s (%s), model %s, %d test questions", method.label,
+                 bench.trait, cfg.aspect, lm.name, len(bench.test))
+        with timed(timings, "prepare"):
+            method.prepare()
+        questions = [r["question"] for r in bench.test]
+        with timed(timings, "respond"):
+            gens = method.respond(questions)
+        params = method.describe()
+        records = [{
+            "id": int(r["_line"]), "question": q, "response": g.text,
+            "n_tokens": len(g.response_ids), "method": method.label, "trait": cfg.trait.name,
+            "aspect": cfg.aspect, "model": lm.name, "params": params,
+        } for r, q, g in zip(bench.test, questions, gens)]
+        evaluator = instantiate(cfg.eval, _convert_="all")
+        with timed(timings, "evaluate"):
+            scores = evaluator.evaluate(ctx, method, records)
+        timings["total"] = round(time.perf_counter() - t_start, 3)
+        metrics = {
+            "method": method.label, "trait": cfg.trait.name, "aspect": cfg.aspect,
+            "model": lm.name, "seed": int(cfg.seed), "n": len(records),
+            "mean_response_tokens": sum(r["n_tokens"] for r in records) / max(len(records), 1),
+            "gen_tokens_per_s": round(ctx.gen_stats.tokens_per_s, 2),
+            "params": params, **ctx.metrics, **scores, "timings": timings,
+        }
+        write_text_atomic(run_dir / "generations.jsonl", "".join(
+            json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        write_json_atomic(run_dir / "run_info.json", {
+            "command": " ".join(["python -m pkt.run", *sys.argv[1:]]),
+            "overrides": list(HydraConfig.get().overrides.task),
+            "data_hash": bench.data_hash, "data_files": bench.files,
+            "model_fingerprint": lm.fingerprint, "artifacts": ctx.artifacts,
+            "seed": int(cfg.seed), "git_commit": git_commit(), "versions": versions(),
+            "resolved_config": ".hydra/config.yaml",
+        })
+        tracker.log_table("generations", [{k: v for k, v in r.items() if k != "params"}
+                                          for r in records])
+        tracker.log_summary(metrics)
+        log.info("wrote %d generations and metrics to %s", len(records), run_dir)
+        ok = True
+        return metrics
+    finally:
+        tracker.finish(exit_code=0 if ok else 1)
+
+
+def user_error(e: BaseException) -> PktError | None:
+    """The PktError behind ``e`` (Hydra wraps errors raised inside ``instantiate``)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, PktError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig):
+    try:
+        run(cfg)
+    except Exception as e:
+        err = user_error(e)
+        if err is None:
+            raise
+        print(f"pkt: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cli() -> None:
+    try:
+        preflight(sys.argv[1:])
+    except PktError as e:
+        print(f"pkt: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    main()
+
+
+if __name__ == "__main__":
+    cli()
