@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import random
 import subprocess
@@ -62,6 +63,18 @@ def preflight(argv: list[str]) -> None:
             for v in values:
                 if v not in ASPECTS:
                     raise PktError(f"unknown aspect '{v}' (choose from: high, low)")
+        if key in ("paths.output_dir", "hydra.run.dir", "hydra.sweep.dir") and "$" not in value:
+            check_writable(Path(value))
+
+
+def check_writable(path: Path) -> None:
+    """The output folder (or its first existing ancestor) must be a writable directory."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise PktError(f"output folder is not writable: {path} ({p} is "
+                       f"{'not a directory' if not p.is_dir() else 'read-only'})")
 
 
 @contextmanager

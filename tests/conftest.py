@@ -1,0 +1,63 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import pkt
+from pkt.models import TinyRandomModel
+
+ROOT = Path(pkt.__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+# the dequantised embedded model is shared by every test (converted once per clone)
+MODEL_CACHE = Path(os.environ.get("PKT_MODEL_CACHE",
+                                  Path(os.environ.get("PKT_CACHE", ROOT / ".cache")) / "models"))
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return TinyRandomModel().load()
+
+
+@pytest.fixture()
+def spread_tiny():
+    """A tiny model whose gate activations spread over the whole histogram range."""
+    lm = TinyRandomModel(init_seed=3).load()
+    with torch.no_grad():
+        for layer in lm.model.model.layers:
+            layer.mlp.gate_proj.weight.mul_(40.0)
+    return lm
+
+
+def run_pkt(args: list[str], tmp_path: Path, cache: Path | None = None, timeout: int = 900,
+            env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m pkt.run`` as a user would, with outputs and caches under tmp_path."""
+    env = dict(os.environ)
+    env["PKT_CACHE"] = str(cache or (tmp_path / "cache"))
+    env["PKT_MODEL_CACHE"] = str(MODEL_CACHE)
+    env.update(env_extra or {})
+    flags = [a for a in args if a.startswith("-")]
+    rest = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, "-m", "pkt.run", *flags, f"paths.output_dir={tmp_path / 'out'}", *rest]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_dirs(tmp_path: Path) -> list[Path]:
+    return sorted(p.parent for p in (tmp_path / "out").rglob("metrics.json"))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def stderr_lines(r: subprocess.CompletedProcess) -> list[str]:
+    return [x for x in r.stderr.splitlines() if x.strip()]

@@ -1,0 +1,77 @@
+"""End to end through the commands a user types (subprocesses of python -m pkt.run)."""
+
+import json
+
+import pytest
+
+from tests.conftest import read_jsonl, run_dirs, run_pkt, stderr_lines
+
+TINY = ["model=tiny_random", "gen.max_new_tokens=6", "search_gen.max_new_tokens=8",
+        "data.n_search=6"]
+
+
+def _wandb_runs(run_dir):
+    return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.embedded
+def test_prompt_run_on_embedded_model(tmp_path):
+    r = run_pkt(["method=prompt", "trait=extraversion", "data.n_test=3"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (d,) = run_dirs(tmp_path)
+    gens = read_jsonl(d / "generations.jsonl")
+    assert len(gens) == 3
+    for g in gens:
+        assert g["method"] == "prompt_simple" and g["trait"] == "extraversion" and g["aspect"] == "high"
+        assert g["params"]["variant"] == "simple" and g["question"] and g["response"].strip()
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["model"] == "smollm2_135m" and m["n"] == 3 and m["mean_response_tokens"] > 5
+    assert m["gen_tokens_per_s"] > 0 and set(m["timings"]) >= {"load_model", "prepare", "respond", "total"}
+    info = json.loads((d / "run_info.json").read_text())
+    assert len(info["data_hash"]) == 16 and info["versions"]["torch"]
+    assert (d / ".hydra" / "config.yaml").exists()
+    (w,) = _wandb_runs(d)
+    assert list(w.glob("run-*.wandb"))
+
+
+def test_multirun_gives_separate_dirs_and_wandb_runs(tmp_path):
+    r = run_pkt(["-m", "method=base,prompt", "trait=openness", "data.n_test=2", *TINY], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 2 and dirs[0] != dirs[1]
+    ids = set()
+    for d in dirs:
+        (w,) = _wandb_runs(d)
+        ids.add(w.name.rsplit("-", 1)[-1])
+        assert list(w.glob("run-*.wandb"))
+    assert len(ids) == 2
+    methods = {json.loads((d / "metrics.json").read_text())["method"] for d in dirs}
+    assert methods == {"base", "prompt_simple"}
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["trait=nonsense"], "pkt: error: unknown trait 'nonsense' (choose from: agreeableness, conscientiousness, extraversion, neuroticism, openness)"),
+    (["data.path=/nonexistent"], "pkt: error: data folder not found: /nonexistent"),
+    (["model=gpt9"], "pkt: error: unknown model 'gpt9'"),
+    (["method=neuron", "method.strength=-1"], "pkt: error: method.strength must be a finite number >= 0, got -1"),
+    (["method=neuron", "method.strength=nan"], "pkt: error: method.strength must be a finite number >= 0, got nan"),
+    (["data.n_test=100000"], "pkt: error: data.n_test=100000 is larger than the"),
+    (["method=prompt", "method.variant=fancy"], "pkt: error: unknown prompt variant 'fancy'"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, msg):
+    r = run_pkt([*TINY, "logger=none", *args], tmp_path)
+    assert r.returncode != 0
+    lines = stderr_lines(r)
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(msg)
+    assert not run_dirs(tmp_path)  # nothing half-written
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    r = run_pkt([*TINY, "logger=none", f"paths.output_dir={blocker}/out"], tmp_path)
+    assert r.returncode != 0
+    lines = stderr_lines(r)
+    assert len(lines) == 1 and lines[0].startswith("pkt: error: output folder is not writable"), r.stderr
+    assert blocker.read_text() == "not a folder"
