@@ -75,3 +75,31 @@ def test_unwritable_output_folder(tmp_path):
     lines = stderr_lines(r)
     assert len(lines) == 1 and lines[0].startswith("pkt: error: output folder is not writable"), r.stderr
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.embedded
+def test_neuron_changes_most_responses_and_reuses_artifacts(tmp_path):
+    common = ["trait=extraversion", "data.n_test=4", "data.n_search=16",
+              "search_gen.max_new_tokens=48", "gen.max_new_tokens=48", "logger=none"]
+    cache = tmp_path / "cache"
+    r = run_pkt(["method=neuron", *common], tmp_path, cache=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_pkt(["method=base", *common], tmp_path, cache=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_pkt(["method=neuron", "aspect=low", *common], tmp_path, cache=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = {}
+    for d in run_dirs(tmp_path):
+        m = json.loads((d / "metrics.json").read_text())
+        runs[(m["method"], m["aspect"])] = (d, m)
+    (dn, mn), (db, _), (dl, ml) = runs[("neuron", "high")], runs[("base", "high")], runs[("neuron", "low")]
+    assert mn["neuron_stats_cached"] is False and ml["neuron_stats_cached"] is True
+    assert mn["neurons_high"] >= 599 and mn["neurons_low"] >= 599  # k_min = 1.3% of 46,080
+    assert sum(mn["neurons_high_per_layer"]) == mn["neurons_high"]
+    assert (dn / "neurons_per_layer.png").stat().st_size > 1000
+    assert (dn / "neurons" / "Extraversion_dict.json").exists()
+    neuron = read_jsonl(dn / "generations.jsonl")
+    base = read_jsonl(db / "generations.jsonl")
+    assert [g["question"] for g in neuron] == [g["question"] for g in base]
+    changed = sum(a["response"] != b["response"] for a, b in zip(neuron, base))
+    assert changed >= 3
