@@ -169,20 +169,19 @@ def run(cfg: DictConfig) -> dict:
             "n_tokens": len(g.response_ids), "method": method.label, "trait": cfg.trait.name,
             "aspect": cfg.aspect, "model": lm.name, "params": params,
         } for r, q, g in zip(bench.test, questions, gens)]
-        evaluator = instantiate(cfg.eval, _convert_="all")
-        with timed(timings, "evaluate"):
-            scores = evaluator.evaluate(ctx, method, records)
-        timings["total"] = round(time.perf_counter() - t_start, 3)
+
+        def write_generations():
+            write_text_atomic(run_dir / "generations.jsonl", "".join(
+                json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+        write_generations()  # kept even if scoring fails below
         metrics = {
             "method": method.label, "trait": cfg.trait.name, "aspect": cfg.aspect,
             "model": lm.name, "seed": int(cfg.seed), "n": len(records),
             "mean_response_tokens": sum(r["n_tokens"] for r in records) / max(len(records), 1),
             "gen_tokens_per_s": round(ctx.gen_stats.tokens_per_s, 2),
-            "params": params, **ctx.metrics, **scores, "timings": timings,
+            "params": params, **ctx.metrics,
         }
-        write_text_atomic(run_dir / "generations.jsonl", "".join(
-            json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        write_json_atomic(run_dir / "metrics.json", metrics)
         write_json_atomic(run_dir / "run_info.json", {
             "command": " ".join(["python -m pkt.run", *sys.argv[1:]]),
             "overrides": list(HydraConfig.get().overrides.task),
@@ -191,6 +190,20 @@ def run(cfg: DictConfig) -> dict:
             "seed": int(cfg.seed), "git_commit": git_commit(), "versions": versions(),
             "resolved_config": ".hydra/config.yaml",
         })
+        try:
+            evaluator = instantiate(cfg.eval, _convert_="all")
+            with timed(timings, "evaluate"):
+                metrics.update(evaluator.evaluate(ctx, method, records, gens))
+        except BaseException as e:
+            metrics["evaluation_error"] = str(user_error(e) or type(e).__name__)
+            metrics["timings"] = timings
+            write_generations()  # whatever scores were attached so far
+            write_json_atomic(run_dir / "metrics.json", metrics)
+            raise
+        timings["total"] = round(time.perf_counter() - t_start, 3)
+        metrics["timings"] = timings
+        write_generations()
+        write_json_atomic(run_dir / "metrics.json", metrics)
         tracker.log_table("generations", [{k: v for k, v in r.items() if k != "params"}
                                           for r in records])
         tracker.log_summary(metrics)

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import read_jsonl, run_dirs, run_pkt, stderr_lines
 
 TINY = ["model=tiny_random", "gen.max_new_tokens=6", "search_gen.max_new_tokens=8",
-        "data.n_search=6"]
+        "data.n_search=6", "eval=none"]
 
 
 def _wandb_runs(run_dir):
@@ -16,7 +16,8 @@ def _wandb_runs(run_dir):
 
 @pytest.mark.embedded
 def test_prompt_run_on_embedded_model(tmp_path):
-    r = run_pkt(["method=prompt", "trait=extraversion", "data.n_test=3"], tmp_path)
+    r = run_pkt(["method=prompt", "trait=extraversion", "data.n_test=3", "gen.max_new_tokens=48",
+                 "eval.capability_n_mc=8"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     (d,) = run_dirs(tmp_path)
     gens = read_jsonl(d / "generations.jsonl")
@@ -27,6 +28,11 @@ def test_prompt_run_on_embedded_model(tmp_path):
     m = json.loads((d / "metrics.json").read_text())
     assert m["model"] == "smollm2_135m" and m["n"] == 3 and m["mean_response_tokens"] > 5
     assert m["gen_tokens_per_s"] > 0 and set(m["timings"]) >= {"load_model", "prepare", "respond", "total"}
+    # evaluation: offline trait scorer, fluency figures, capability ratios
+    assert m["trait_scorer"] == "offline-minilm" and 1 <= m["trait_score"]["mean"] <= 5
+    assert m["ppl"]["mean"] > 1 and 0 < m["distinct_2"] <= 1 and m["fluency"] is None
+    assert m["capability"]["n_mc"] == 8 and m["capability"]["mc_ratio"] is not None
+    assert all(1 <= g["trait_score"] <= 5 and g["ppl"] > 1 for g in gens)
     info = json.loads((d / "run_info.json").read_text())
     assert len(info["data_hash"]) == 16 and info["versions"]["torch"]
     assert (d / ".hydra" / "config.yaml").exists()
@@ -80,7 +86,7 @@ def test_unwritable_output_folder(tmp_path):
 @pytest.mark.embedded
 def test_neuron_changes_most_responses_and_reuses_artifacts(tmp_path):
     common = ["trait=extraversion", "data.n_test=4", "data.n_search=16",
-              "search_gen.max_new_tokens=48", "gen.max_new_tokens=48", "logger=none"]
+              "search_gen.max_new_tokens=48", "gen.max_new_tokens=48", "logger=none", "eval=none"]
     cache = tmp_path / "cache"
     r = run_pkt(["method=neuron", *common], tmp_path, cache=cache)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -4,8 +4,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from pkt.run import config_groups, preflight
 from pkt import PktError
+from pkt.run import config_groups, preflight
 from tests.conftest import compose_cfg
 
 GROUPS = config_groups()
@@ -24,7 +24,7 @@ def test_groups_present():
 
 @pytest.mark.parametrize("method,trait,aspect", list(itertools.product(METHODS, TRAITS, ["high", "low"])))
 def test_compose_every_combination(method, trait, aspect):
-    cfg = compose_cfg([f"model=tiny_random", f"method={method}", f"trait={trait}", f"aspect={aspect}"])
+    cfg = compose_cfg(["model=tiny_random", f"method={method}", f"trait={trait}", f"aspect={aspect}"])
     c = OmegaConf.to_container(cfg, resolve=False)
     assert cfg.method.name == method.split("_")[0] or cfg.method.name
     assert cfg.trait.name == trait and cfg.aspect == aspect

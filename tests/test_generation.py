@@ -1,12 +1,13 @@
-from pkt import prompts
-from pkt.generation import GenConfig, chat_prompt, generate, strip_response
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from pkt import PktError, prompts
 from pkt.bench import Bench
+from pkt.generation import GenConfig, chat_prompt, generate, strip_response
 from pkt.methods import RunContext
 from pkt.methods.prompt import PromptMethod
-from omegaconf import OmegaConf
-import pytest
-from pkt import PktError
-from pathlib import Path
 
 QS = ["Hi there, how are you today?", "A much longer question about a neighbour who plays loud music "
       "at night and what you would do about it?", "Short?", "Tell me about your weekend plans."]

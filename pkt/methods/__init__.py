@@ -55,7 +55,13 @@ class Method:
     def user_prompt(self, question: str, i: int) -> str:
         return prompts.neutral(question)
 
-    def intervention(self) -> contextlib.AbstractContextManager:
+    def intervention(self, positions: dict | None = None) -> contextlib.AbstractContextManager:
+        """The model under this method, while the context is open.
+
+        ``positions``: for teacher-forced scoring (capability probes), a dict whose
+        ``'mask'`` entry the caller sets to the bool [batch, seq] positions that stand for
+        generated tokens before each forward pass; ``None`` means ordinary generation.
+        """
         return contextlib.nullcontext()
 
     def respond(self, questions: list[str]) -> list[Generation]:

@@ -120,15 +120,15 @@ class NeuronMethod(Method):
             ctx.tracker.log_image("neurons/diff_distribution", p2)
 
     # -- step 2 ------------------------------------------------------------------
-    def induction(self, aspect: str | None = None) -> Induction:
+    def induction(self, aspect: str | None = None, positions: dict | None = None) -> Induction:
         a = aspect or self.ctx.aspect
         return Induction(self.ctx.lm.model, self.sets[a], self.sets[OTHER[a]],
                          strength=self.strength, keep_prob=self.keep_prob,
                          deactivate=self.deactivate, include_prompt=self.include_prompt,
-                         seed=self.ctx.seed)
+                         seed=self.ctx.seed, positions=positions)
 
-    def intervention(self):
-        return self.induction().apply()
+    def intervention(self, positions: dict | None = None):
+        return self.induction(positions=positions).apply()
 
     def persona_responses(self) -> list[dict]:
         """The persona-conditioned answers of identification (fine-tuning data for LoRA)."""

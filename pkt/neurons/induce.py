@@ -38,7 +38,7 @@ def check_fits(ns: NeuronSet, n_layers: int, width: int, what: str) -> None:
 class Induction:
     def __init__(self, model, target: NeuronSet, opposite: NeuronSet | None, strength: float = 1.0,
                  keep_prob: float = 0.9, deactivate: bool = True, include_prompt: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, positions: dict | None = None):
         strength = float(strength)
         if not math.isfinite(strength) or strength < 0:
             raise PktError(f"method.strength must be a finite number >= 0, got {strength}")
@@ -51,6 +51,9 @@ class Induction:
         self.device, self.dtype = p.device, p.dtype
         self.keep_prob = float(keep_prob)
         self.include_prompt = include_prompt
+        # teacher-forced scoring: positions['mask'] marks the positions that stand for
+        # generated tokens; only those are edited
+        self.positions = positions
         add = torch.zeros(self.n_layers, self.width, dtype=torch.float32)
         add.index_put_((target.layer, target.index), edit_amount(target, strength), accumulate=True)
         opp = torch.zeros(self.n_layers, self.width, dtype=torch.float32)
@@ -91,6 +94,12 @@ class Induction:
 
         def make(layer):
             def hook(_mod, _inp, out):
+                if self.positions is not None:
+                    mask = self.positions.get("mask")
+                    if mask is None or mask.shape != out.shape[:2]:
+                        return None
+                    out[mask] = self.edit(layer, out[mask])
+                    return out
                 if not self.include_prompt and out.shape[-2] > 1:
                     return None
                 return self.edit(layer, out)

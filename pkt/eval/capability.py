@@ -1,0 +1,106 @@
+"""Capability retention probe: multiple-choice accuracy and neutral-text perplexity.
+
+Measured with a method's intervention active and reported as ratios to the plain model's
+figures (cached per model fingerprint). Options are scored by mean token log-likelihood
+after a plain "Question: ... Answer:" prompt (no chat template: shorter, and the usual
+form of likelihood-scored benchmarks); under a generation-time intervention, the scored
+positions are treated as generated ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from pkt import PACKAGE_DIR, PktError
+from pkt.artifacts import write_json_atomic
+from pkt.eval.likelihood import continuation_logprobs
+
+DATA = PACKAGE_DIR / "eval" / "data"
+MC_FILE = DATA / "capability_mc.jsonl"
+TEXT_FILE = DATA / "neutral_text.txt"
+MC_PROMPT = "Question: {question}\nAnswer:"
+
+
+def load_mc(n: int | None = None) -> list[dict]:
+    rows = []
+    for i, line in enumerate(MC_FILE.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                r = json.loads(line)
+                assert isinstance(r["choices"], list) and 0 <= int(r["answer"]) < len(r["choices"])
+            except (json.JSONDecodeError, KeyError, AssertionError, TypeError, ValueError):
+                raise PktError(f"{MC_FILE}:{i}: malformed capability item") from None
+            rows.append(r)
+    return rows[:n] if n else rows
+
+
+def paragraphs() -> list[str]:
+    return [p.strip() for p in TEXT_FILE.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+
+
+def probe_hash(n_mc: int | None) -> str:
+    h = hashlib.sha256(MC_FILE.read_bytes() + TEXT_FILE.read_bytes() + MC_PROMPT.encode())
+    h.update(str(n_mc).encode())
+    return h.hexdigest()[:16]
+
+
+def measure(lm, n_mc: int | None = None, batch_size: int = 16, positions: dict | None = None) -> dict:
+    """MC accuracy and neutral-text perplexity of ``lm.model`` as it is right now."""
+    tok = lm.tokenizer
+    items = load_mc(n_mc)
+    seqs, owner = [], []
+    for qi, r in enumerate(items):
+        ctx = tok(MC_PROMPT.format(question=r["question"]), add_special_tokens=False)["input_ids"]
+        for c in r["choices"]:
+            seqs.append((ctx, tok(" " + str(c), add_special_tokens=False)["input_ids"]))
+            owner.append(qi)
+    lp = continuation_logprobs(lm.model, seqs, tok.pad_token_id, batch_size, positions)
+    best: dict[int, tuple[float, int]] = {}
+    k = 0
+    for qi, r in enumerate(items):
+        scores = []
+        for _c in r["choices"]:
+            s, n = lp[k]
+            scores.append(s / max(n, 1))
+            k += 1
+        best[qi] = (max(scores), scores.index(max(scores)))
+    acc = sum(best[qi][1] == int(r["answer"]) for qi, r in enumerate(items)) / len(items)
+    text_seqs = []
+    for p in paragraphs():
+        ids = tok(p, add_special_tokens=False)["input_ids"]
+        text_seqs.append((ids[:1], ids[1:]))
+    tl = continuation_logprobs(lm.model, text_seqs, tok.pad_token_id, batch_size, positions)
+    nll = -sum(s for s, _ in tl) / max(sum(n for _, n in tl), 1)
+    return {"mc_accuracy": acc, "ppl": math.exp(nll), "n_mc": len(items)}
+
+
+def base_figures(lm, cache_dir: str | Path | None, n_mc: int | None, batch_size: int = 16) -> dict:
+    """The plain model's figures, cached per (model fingerprint, probe)."""
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / "capability" / f"{lm.fingerprint}-{probe_hash(n_mc)}.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except json.JSONDecodeError:
+                pass
+    figs = measure(lm, n_mc, batch_size)
+    if path is not None:
+        write_json_atomic(path, figs)
+    return figs
+
+
+def retention(lm, method, cache_dir, n_mc: int | None = None, batch_size: int = 16) -> dict:
+    base = base_figures(lm, cache_dir, n_mc, batch_size)
+    positions: dict = {"mask": None}
+    with method.intervention(positions=positions):
+        now = measure(lm, n_mc, batch_size, positions)
+    return {
+        "mc_accuracy": now["mc_accuracy"], "mc_accuracy_base": base["mc_accuracy"],
+        "mc_ratio": now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else None,
+        "ppl": now["ppl"], "ppl_base": base["ppl"], "ppl_ratio": now["ppl"] / base["ppl"],
+        "n_mc": now["n_mc"],
+    }

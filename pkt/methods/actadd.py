@@ -1,0 +1,234 @@
+"""method=actadd: activation addition (a steering vector added to the residual stream).
+
+The vector of an aspect at decoder block ``l`` is the mean difference of that block's output
+(the residual stream after it) between role-play prompts with a HIGH and with a LOW persona
+over the same search questions: each prompt's activations are averaged over its tokens
+(``position: mean``) or taken at its last token (``position: last``), then averaged over
+questions; ``v_high = mean_high - mean_low`` and ``v_low = -v_high``. Only forward passes
+over the prompts are needed (no generation).
+
+While answering, ``coefficient * v`` is added to the output of each configured block: at
+decode steps only (like NPTI; a decode step feeds one position), or at every position with
+``include_prompt: true``. Vectors are cached artifacts (``actadd_vector``) keyed by model
+fingerprint, trait, data, search questions, layers, position and seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from pkt import PktError, prompts
+from pkt.artifacts import ArtifactStore
+from pkt.methods import Method, RunContext
+from pkt.neurons import identify
+from pkt.neurons.sites import decoder_layers
+
+log = logging.getLogger(__name__)
+
+VECTOR_VERSION = 1
+POSITIONS = ("mean", "last")
+
+
+class _Stop(Exception):
+    """Raised by the deepest hook: nothing after the last needed block is computed."""
+
+
+def _hidden(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def mean_activations(model, tokenizer, texts: list[str], layers: list[int],
+                     position: str = "mean", batch_size: int = 8, progress: bool = True,
+                     desc: str = "activations") -> dict[int, torch.Tensor]:
+    """Per layer, the mean over ``texts`` of each text's block-output summary (float32, CPU).
+
+    Batches are left padded with position ids from the attention mask; a text's summary is
+    the mean over its own (non-padding) tokens, or its last token.
+    """
+    if position not in POSITIONS:
+        raise PktError(f"unknown method.position '{position}' (choose from: {', '.join(POSITIONS)})")
+    if not texts:
+        raise PktError("activation addition needs at least one search question")
+    device = next(model.parameters()).device
+    blocks = decoder_layers(model)
+    wanted = sorted(set(layers))
+    deepest = wanted[-1]
+    captured: dict[int, torch.Tensor] = {}
+    sums: dict[int, torch.Tensor] = {}
+
+    def make(layer):
+        def hook(_mod, _inp, out):
+            captured[layer] = _hidden(out).detach()
+            if layer == deepest:
+                raise _Stop
+
+        return hook
+
+    handles = [blocks[i].register_forward_hook(make(i)) for i in wanted]
+    try:
+        for s in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress):
+            enc = tokenizer(texts[s : s + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False)
+            ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+            pos = (attn.cumsum(-1) - 1).clamp_min(0)
+            captured.clear()
+            try:
+                model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+            except _Stop:
+                pass
+            keep = attn.bool().unsqueeze(-1)
+            last = (attn * torch.arange(attn.shape[1], device=device)).argmax(-1)
+            for i in wanted:
+                h = captured[i].float()
+                if position == "mean":
+                    # where(), not a product: padding rows may hold anything, even NaN
+                    v = torch.where(keep, h, 0.0).sum(1) / keep.sum(1).clamp_min(1)
+                else:
+                    v = h[torch.arange(h.shape[0], device=h.device), last]
+                sums[i] = sums.get(i, 0) + v.sum(0).cpu()
+    finally:
+        for h in handles:
+            h.remove()
+    return {i: sums[i] / len(texts) for i in wanted}
+
+
+def steering_vectors(lm, bench, seed: int, layers: list[int], position: str = "mean",
+                     batch_size: int = 8, progress: bool = True) -> dict[int, torch.Tensor]:
+    """``mean_high - mean_low`` per layer over the role-play prompts of the search questions."""
+    means = {}
+    for aspect in identify.ASPECTS:
+        texts = identify.roleplay_prompts(lm, bench, aspect, seed)
+        means[aspect] = mean_activations(lm.model, lm.tokenizer, texts, layers, position,
+                                         batch_size, progress, desc=f"activations ({aspect})")
+    return {i: (means["high"][i] - means["low"][i]).contiguous() for i in means["high"]}
+
+
+@contextlib.contextmanager
+def steer(model, adds: dict[int, torch.Tensor], include_prompt: bool = False,
+          positions: dict | None = None):
+    """Forward hooks adding ``adds[l]`` to the output of decoder block ``l``; removed on exit.
+
+    Generation (``positions is None``): decode steps only (one position fed), or every
+    position with ``include_prompt``. Teacher-forced scoring: ``positions['mask']`` marks the
+    positions standing for generated tokens; only those get the vector unless
+    ``include_prompt``.
+    """
+    blocks = decoder_layers(model)
+    handles = []
+
+    def make(vec: torch.Tensor):
+        cache: dict = {}
+
+        def hook(_mod, _inp, out):
+            h = _hidden(out)
+            v = cache.get((h.device, h.dtype))
+            if v is None:
+                v = cache[(h.device, h.dtype)] = vec.to(h.device, h.dtype)
+            if include_prompt:
+                h = h + v
+            elif positions is not None:
+                mask = positions.get("mask")
+                if mask is None or tuple(mask.shape) != tuple(h.shape[:2]):
+                    return None
+                h = h + v * mask.to(h.device, h.dtype).unsqueeze(-1)
+            elif h.shape[-2] > 1:
+                return None
+            else:
+                h = h + v
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+
+        return hook
+
+    try:
+        for i, vec in adds.items():
+            handles.append(blocks[i].register_forward_hook(make(vec)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class ActAddMethod(Method):
+    def __init__(self, ctx: RunContext, name: str = "actadd", layers: list[int] | int = (15,),
+                 coefficient: float = 4.0, position: str = "mean", include_prompt: bool = False,
+                 recompute: bool = False, batch_size: int = 8):
+        layers = [layers] if isinstance(layers, int) else list(layers or [])
+        super().__init__(ctx, name, layers=layers, coefficient=coefficient, position=position,
+                         include_prompt=include_prompt)
+        if not math.isfinite(float(coefficient)):
+            raise PktError(f"method.coefficient must be a finite number, got {coefficient}")
+        if position not in POSITIONS:
+            raise PktError(f"unknown method.position '{position}' (choose from: {', '.join(POSITIONS)})")
+        n = len(decoder_layers(ctx.lm.model))
+        if not layers:
+            raise PktError("method.layers is empty (give decoder block indices, e.g. [15])")
+        resolved = []
+        for layer in layers:
+            if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
+                raise PktError(f"method.layers: {layer} is out of range for a model with {n} "
+                               f"decoder layers (0..{n - 1}; about {n // 2} is the middle)")
+            resolved.append(layer % n)
+        if len(set(resolved)) != len(resolved):
+            raise PktError(f"method.layers names a layer twice: {layers}")
+        self.layers = resolved
+        self.coefficient, self.position = float(coefficient), position
+        self.include_prompt, self.recompute = bool(include_prompt), bool(recompute)
+        self.batch_size = max(1, int(batch_size))
+        self.store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
+        self.vectors: dict[int, torch.Tensor] = {}  # the HIGH direction, float32 on CPU
+
+    def vector_key(self) -> dict:
+        ctx = self.ctx
+        return {
+            "stage": "actadd-vector", "version": VECTOR_VERSION, "model": ctx.lm.name,
+            "model_fingerprint": ctx.lm.fingerprint, "trait": ctx.bench.trait,
+            "data_hash": ctx.bench.data_hash,
+            "search_ids": [int(r["_line"]) for r in ctx.bench.search],
+            "layers": sorted(self.layers), "position": self.position, "seed": ctx.seed,
+            "prompt": prompts.ROLEPLAY,
+        }
+
+    def prepare(self) -> None:
+        ctx = self.ctx
+        key = self.vector_key()
+        path = None if self.recompute else self.store.load("actadd_vector", key)
+        if path is not None:
+            log.info("reusing cached steering vector %s", path)
+            t = load_file(str(path / "vectors.safetensors"))
+            self.vectors = {i: t[f"layer.{i}"] for i in self.layers}
+            cached = True
+        else:
+            self.vectors = steering_vectors(ctx.lm, ctx.bench, ctx.seed, self.layers,
+                                            self.position, self.batch_size, ctx.progress)
+            norms = {str(i): float(v.norm()) for i, v in self.vectors.items()}
+
+            def write(tmp: Path):
+                save_file({f"layer.{i}": v for i, v in self.vectors.items()},
+                          str(tmp / "vectors.safetensors"))
+
+            path = self.store.save("actadd_vector", key, write,
+                                   extra={"model": ctx.lm.name, "trait": ctx.bench.trait,
+                                          "direction": "high - low", "norms": norms,
+                                          "n_questions": len(ctx.bench.search)})
+            cached = False
+        ctx.artifacts["actadd_vector"] = path.name
+        ctx.metrics["actadd_vector_norm"] = [float(self.vectors[i].norm()) for i in self.layers]
+        ctx.metrics["actadd_cached"] = cached
+
+    def additions(self, aspect: str | None = None) -> dict[int, torch.Tensor]:
+        """What is added per layer for ``aspect``: +-coefficient * vector."""
+        if not self.vectors:
+            raise PktError("method=actadd: call prepare() before intervention()")
+        sign = 1.0 if (aspect or self.ctx.aspect) == "high" else -1.0
+        return {i: sign * self.coefficient * self.vectors[i] for i in self.layers}
+
+    def intervention(self, positions: dict | None = None):
+        return steer(self.ctx.lm.model, self.additions(), self.include_prompt, positions)

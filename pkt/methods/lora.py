@@ -1,0 +1,385 @@
+"""method=lora: the fine-tuning baseline (a peft LoRA adapter trained with Lightning).
+
+Training data are the persona-conditioned answers of neuron identification (the same cached
+``statistics`` artifact as method=neuron, so a prior neuron run makes them free): the answers
+of ``ctx.aspect`` only, each re-paired with the NEUTRAL evaluation prompt, so that the
+adapter learns to answer in that aspect without being told. The loss covers the response
+tokens (and the EOS after them) only.
+
+The adapter is injected into ``ctx.lm.model`` in place (``ctx.lm.model`` stays the same
+transformers model, so neuron hooks and generation keep working) and is DISABLED outside
+:meth:`LoraMethod.intervention`: the plain base model stays available, e.g. for perplexity.
+Trained adapters are cached artifacts (``lora_adapter``) keyed by model fingerprint, trait,
+aspect, training data and every hyper-parameter, and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from torch.utils.data import DataLoader
+
+from pkt import PktError, prompts
+from pkt.artifacts import ArtifactStore, key_hash, read_meta
+from pkt.generation import GenConfig, chat_prompt
+from pkt.methods import Method, RunContext
+from pkt.neurons import identify
+
+log = logging.getLogger(__name__)
+
+ADAPTER_VERSION = 1
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed", "single_device")
+
+
+# -- data ----------------------------------------------------------------------------
+def training_examples(tokenizer, responses: list[dict], aspect: str, max_length: int) -> list[dict]:
+    """(neutral prompt, persona answer + EOS) token sequences; labels mask the prompt with -100."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise PktError("the tokenizer has no EOS token; cannot build LoRA training examples")
+    out = []
+    for r in responses:
+        if r.get("aspect") != aspect or not str(r.get("response", "")).strip():
+            continue
+        p = tokenizer(chat_prompt(tokenizer, prompts.neutral(r["question"])),
+                      add_special_tokens=False)["input_ids"]
+        a = tokenizer(str(r["response"]).strip(), add_special_tokens=False)["input_ids"] + [eos]
+        room = int(max_length) - len(p)
+        if room < 1:
+            log.warning("skipping a training example: its prompt alone has %d tokens "
+                        "(method.max_length=%d)", len(p), max_length)
+            continue
+        a = a[:room]
+        out.append({"input_ids": list(p) + list(a), "labels": [-100] * len(p) + list(a)})
+    return out
+
+
+def split(examples: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seeded shuffle, then at least one validation and one training example."""
+    if len(examples) < 2:
+        raise PktError(f"LoRA needs at least 2 non-empty persona answers to train and validate, "
+                       f"got {len(examples)} (raise data.n_search)")
+    idx = list(range(len(examples)))
+    random.Random(f"lora-split:{seed}").shuffle(idx)
+    n_val = min(max(1, round(float(val_fraction) * len(examples))), len(examples) - 1)
+    return [examples[i] for i in idx[n_val:]], [examples[i] for i in idx[:n_val]]
+
+
+def collate(batch: list[dict], pad_id: int) -> dict:
+    """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` (padding labelled -100)."""
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), int(pad_id), dtype=torch.long)
+    attn = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        ids[i, :n] = torch.tensor(b["input_ids"], dtype=torch.long)
+        attn[i, :n] = 1
+        labels[i, :n] = torch.tensor(b["labels"], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+# -- model ---------------------------------------------------------------------------
+def attach_lora(model, rank: int, alpha: float, dropout: float, target_modules: list[str]):
+    """Inject a fresh LoRA adapter into ``model`` (in place); returns the PeftModel."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=int(rank), lora_alpha=float(alpha), lora_dropout=float(dropout),
+                     target_modules=list(target_modules), bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:
+        raise PktError(f"cannot attach LoRA to this model: {str(e).splitlines()[0]} "
+                       f"(set method.target_modules to its projection names)") from None
+
+
+def load_adapter(model, path: Path):
+    """Load a saved adapter (a pkt lora_adapter artifact dir) into ``model`` (in place)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(path), is_trainable=False)
+
+
+class LoraModule(L.LightningModule):
+    """The peft model, its loss (labels -100 outside the response), AdamW on the adapter."""
+
+    def __init__(self, model, lr: float = 2e-4, weight_decay: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.final_train_loss = float("nan")
+        self.best_val_loss = float("inf")
+        self.best_state: dict | None = None
+        self._train: list[torch.Tensor] = []
+        self._val_sum, self._val_tokens = 0.0, 0
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(**batch).loss
+
+    def trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW([p for _, p in self.trainable()], lr=self.lr,
+                                 weight_decay=self.weight_decay)
+
+    def on_train_epoch_start(self) -> None:
+        self._train = []
+
+    def training_step(self, batch, batch_idx):
+        loss = self(batch)
+        self._train.append(loss.detach())
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._train:
+            mean = torch.stack(self._train).float().mean()
+            self.final_train_loss = float(mean)
+            self.log("train_loss_epoch", mean)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum, self._val_tokens = 0.0, 0
+
+    def validation_step(self, batch, batch_idx):
+        loss = self(batch)
+        n = int((batch["labels"][:, 1:] != -100).sum())  # tokens the (shifted) loss covers
+        self._val_sum += float(loss) * n
+        self._val_tokens += n
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self._val_tokens:
+            return
+        val = self._val_sum / self._val_tokens
+        self.log("val_loss", val, prog_bar=True)
+        if val < self.best_val_loss:
+            self.best_val_loss = val
+            self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in self.trainable()}
+
+    def restore_best(self) -> None:
+        if self.best_state is None:
+            return
+        with torch.no_grad():
+            for n, p in self.trainable():
+                p.copy_(self.best_state[n].to(p.device, p.dtype))
+
+
+# -- the method ----------------------------------------------------------------------
+class LoraMethod(Method):
+    def __init__(self, ctx: RunContext, name: str = "lora", rank: int = 8, alpha: float = 16,
+                 dropout: float = 0.05, target_modules: list[str] | None = None,
+                 lr: float = 2e-4, weight_decay: float = 0.0, batch_size: int = 8,
+                 max_epochs: int = 2, max_steps: int = 100, val_fraction: float = 0.15,
+                 patience: int = 2, restore_best: bool = True, max_length: int = 512,
+                 grad_clip: float | None = 1.0, accumulate_grad_batches: int = 1,
+                 accelerator: str = "auto", devices: int | str | list = "auto",
+                 strategy: str = "auto", precision: str = "32-true",
+                 gradient_checkpointing: bool = False, recompute: bool = False,
+                 adapter_from: str | None = None, search_gen: dict | None = None):
+        targets = list(target_modules or DEFAULT_TARGETS)
+        super().__init__(ctx, name, rank=rank, alpha=alpha, dropout=dropout,
+                         target_modules=targets, lr=lr, weight_decay=weight_decay,
+                         batch_size=batch_size, max_epochs=max_epochs, max_steps=max_steps,
+                         val_fraction=val_fraction, patience=patience, restore_best=restore_best,
+                         max_length=max_length, grad_clip=grad_clip,
+                         accumulate_grad_batches=accumulate_grad_batches, precision=precision,
+                         adapter_from=adapter_from)
+        checks = [("rank", rank, int(rank) >= 1), ("alpha", alpha, float(alpha) > 0),
+                  ("dropout", dropout, 0.0 <= float(dropout) < 1.0),
+                  ("lr", lr, math.isfinite(float(lr)) and float(lr) > 0),
+                  ("batch_size", batch_size, int(batch_size) >= 1),
+                  ("max_epochs", max_epochs, int(max_epochs) >= 1),
+                  ("max_steps", max_steps, int(max_steps) >= 1 or int(max_steps) == -1),
+                  ("val_fraction", val_fraction, 0.0 < float(val_fraction) < 1.0),
+                  ("max_length", max_length, int(max_length) >= 2)]
+        for what, v, ok in checks:
+            if not ok:
+                raise PktError(f"method.{what} is out of range: {v}")
+        if str(strategy) not in STRATEGIES:
+            raise PktError(f"unknown method.strategy '{strategy}' (choose from: {', '.join(STRATEGIES)})")
+        self.targets = targets
+        self.accelerator, self.devices, self.strategy = accelerator, devices, str(strategy)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.recompute = bool(recompute)
+        self.adapter_from = adapter_from
+        self.search_gen = GenConfig(**{**ctx.gen.__dict__, **dict(search_gen or {})})
+        self.store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
+        self.peft = None  # the PeftModel around ctx.lm.model, after prepare()
+        self.training: dict = {}
+
+    # -- keys ------------------------------------------------------------------------
+    def hparams(self) -> dict:
+        p = self.params
+        return {k: p[k] for k in ("rank", "alpha", "dropout", "target_modules", "lr",
+                                  "weight_decay", "batch_size", "max_epochs", "max_steps",
+                                  "val_fraction", "patience", "restore_best", "max_length",
+                                  "grad_clip", "accumulate_grad_batches", "precision")}
+
+    def adapter_key(self) -> dict:
+        ctx = self.ctx
+        return {
+            "stage": "lora-adapter", "version": ADAPTER_VERSION, "model": ctx.lm.name,
+            "model_fingerprint": ctx.lm.fingerprint, "trait": ctx.bench.trait,
+            "aspect": ctx.aspect, "data_hash": ctx.bench.data_hash,
+            # the persona answers: statistics key (data, search ids, seed, search generation)
+            "statistics": key_hash(identify.stats_key(ctx.lm, ctx.bench, ctx.seed, self.search_gen)),
+            "prompt": prompts.NEUTRAL, "seed": ctx.seed, "hparams": self.hparams(),
+        }
+
+    # -- prepare ---------------------------------------------------------------------
+    def prepare(self) -> None:
+        ctx = self.ctx
+        if self.peft is not None:
+            return
+        if self.adapter_from:
+            path = Path(self.adapter_from)
+            self._load(path)
+            ctx.artifacts["lora_adapter_from"] = str(path)
+            cached = True
+        else:
+            key = self.adapter_key()
+            path = None if self.recompute else self.store.load("lora_adapter", key)
+            if path is not None:
+                log.info("reusing cached adapter %s", path)
+                self._load(path)
+                cached = True
+            else:
+                path = self._train_and_save(key)
+                cached = False
+            ctx.artifacts["lora_adapter"] = path.name
+        self.peft.base_model.disable_adapter_layers()
+        ctx.lm.model.eval()
+        t = self.training
+        ctx.metrics.update({
+            "lora_train_examples": t.get("train_examples"),
+            "lora_val_examples": t.get("val_examples"),
+            "lora_final_train_loss": t.get("final_train_loss"),
+            "lora_best_val_loss": t.get("best_val_loss"),
+            "lora_steps": t.get("steps"),
+            "lora_adapter_cached": cached,
+        })
+
+    def _load(self, path: Path) -> None:
+        ctx = self.ctx
+        meta = read_meta(path, "lora_adapter")
+        fp = meta.get("base_model_fingerprint")
+        if fp != ctx.lm.fingerprint:
+            raise PktError(f"LoRA adapter {path} was made for another base model "
+                           f"(fingerprint {fp}, this model {ctx.lm.fingerprint})")
+        for what, want in (("trait", ctx.bench.trait), ("aspect", ctx.aspect)):
+            if meta.get(what) != want:
+                raise PktError(f"LoRA adapter {path} is for {what} {meta.get(what)}, not {want}")
+        self.peft = load_adapter(ctx.lm.model, path)
+        self.training = dict(meta.get("training", {}))
+
+    def _train_and_save(self, key: dict) -> Path:
+        ctx = self.ctx
+        st, stats_dir, hit = identify.load_or_compute(self.store, ctx.lm, ctx.bench, ctx.seed,
+                                                      self.search_gen, progress=ctx.progress)
+        ctx.artifacts["statistics"] = stats_dir.name
+        ctx.metrics["neuron_stats_cached"] = hit
+        examples = training_examples(ctx.lm.tokenizer, st["responses"], ctx.aspect,
+                                     int(self.params["max_length"]))
+        train, val = split(examples, self.params["val_fraction"], ctx.seed)
+        torch.manual_seed(ctx.seed)
+        self.peft = attach_lora(ctx.lm.model, self.params["rank"], self.params["alpha"],
+                                self.params["dropout"], self.targets)
+        module = self.fit(train, val)
+        self.training = {
+            "train_examples": len(train), "val_examples": len(val),
+            "final_train_loss": module.final_train_loss, "best_val_loss": module.best_val_loss,
+            "steps": int(module.trainer.global_step),
+        }
+        for k in ("final_train_loss", "best_val_loss"):  # JSON has no inf/nan
+            if not math.isfinite(self.training[k]):
+                self.training[k] = None
+        return self.store.save(
+            "lora_adapter", key, lambda tmp: self.peft.save_pretrained(str(tmp)),
+            extra={"base_model_fingerprint": ctx.lm.fingerprint, "model": ctx.lm.name,
+                   "trait": ctx.bench.trait, "aspect": ctx.aspect, "training": self.training})
+
+    def loggers(self) -> list:
+        ctx = self.ctx
+        out: list = [CSVLogger(save_dir=str(Path(ctx.run_dir) / "lightning"), name="",
+                               version="lora")]
+        run = getattr(ctx.tracker, "run", None) if ctx.tracker is not None else None
+        if run is not None:
+            # the runner's own W&B run: Lightning logs into it and never finishes it
+            out.append(WandbLogger(experiment=run))
+        return out
+
+    def fit(self, train: list[dict], val: list[dict]) -> LoraModule:
+        """Train the attached adapter with a Lightning Trainer; restores the best val weights."""
+        ctx, p = self.ctx, self.params
+        model = ctx.lm.model
+        if len({str(d) for d in getattr(model, "hf_device_map", {}).values()}) > 1:
+            raise PktError("LoRA training needs the model on one device; this one is spread "
+                           "over several by device_map (use one GPU, or strategy=fsdp/ddp "
+                           "with a model loaded per process)")
+        device = next(model.parameters()).device
+        pad = ctx.lm.tokenizer.pad_token_id
+        pad = 0 if pad is None else pad
+        gen = torch.Generator()
+        gen.manual_seed(int(ctx.seed))
+        bs = int(p["batch_size"])
+        train_dl = DataLoader(train, batch_size=bs, shuffle=True, generator=gen,
+                              collate_fn=lambda b: collate(b, pad), num_workers=0)
+        val_dl = DataLoader(val, batch_size=bs, shuffle=False,
+                            collate_fn=lambda b: collate(b, pad), num_workers=0)
+        module = LoraModule(self.peft, lr=p["lr"], weight_decay=p["weight_decay"])
+        trainer = L.Trainer(
+            accelerator=self.accelerator, devices=self.devices, strategy=self.strategy,
+            precision=p["precision"], max_epochs=int(p["max_epochs"]),
+            max_steps=int(p["max_steps"]), gradient_clip_val=p["grad_clip"],
+            accumulate_grad_batches=int(p["accumulate_grad_batches"]),
+            callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=int(p["patience"]))],
+            logger=self.loggers(), log_every_n_steps=1, enable_checkpointing=False,
+            enable_progress_bar=bool(ctx.progress), enable_model_summary=bool(ctx.progress),
+            num_sanity_val_steps=0, default_root_dir=str(Path(ctx.run_dir) / "lightning"),
+            deterministic=False,
+        )
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.peft.train()  # Lightning keeps the module's mode; LoRA dropout needs train mode
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+                trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl)
+        finally:
+            if self.gradient_checkpointing:
+                model.gradient_checkpointing_disable()
+            self.peft.to(device)
+            self.peft.eval()
+        if p["restore_best"]:
+            module.restore_best()
+        log.info("LoRA: %d steps, final train loss %.4f, best val loss %.4f", trainer.global_step,
+                 module.final_train_loss, module.best_val_loss)
+        return module
+
+    # -- apply -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _enabled(self):
+        if self.peft is None:
+            raise PktError("method=lora: call prepare() before intervention()")
+        self.peft.base_model.enable_adapter_layers()
+        try:
+            yield self
+        finally:
+            self.peft.base_model.disable_adapter_layers()
+
+    def intervention(self, positions: dict | None = None):
+        """The adapter is enabled while the context is open. It acts at every position (prompt
+        and answer alike, as in generation), so teacher-forced ``positions`` change nothing."""
+        return self._enabled()

@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+
+from pkt import PktError
+from pkt.bench import TRAITS
+from pkt.eval import Evaluation, capability, fluency, summary
+from pkt.eval.likelihood import continuation_logprobs
+from pkt.eval.scorer import TraitScorer, embed, load_corpus, split_accuracy
+from pkt.methods import Method
+
+
+def test_distinct_and_repetition():
+    assert fluency.distinct_n("a b a b", 2) == 2 / 3
+    assert fluency.distinct_n("one", 2) is None
+    assert fluency.repetition("x y z x y z", 3) == 1 / 4
+    assert fluency.repetition("the cat sat on the mat", 3) == 0.0
+
+
+def test_continuation_logprobs_match_hand_computation(tiny):
+    seqs = [([1, 40, 41], [50, 51, 2]), ([1, 60, 61, 62, 63, 64], [70])]
+    got = continuation_logprobs(tiny.model, seqs, 0, batch_size=2)
+    for (p, r), (s, n) in zip(seqs, got):
+        ids = torch.tensor([p + r])
+        with torch.no_grad():
+            lp = torch.log_softmax(tiny.model(ids).logits[0].float(), -1)
+        ref = sum(float(lp[len(p) - 1 + k, t]) for k, t in enumerate(r))
+        assert n == len(r) and abs(s - ref) < 1e-4
+
+
+def test_capability_ratio_is_exactly_one_for_base(tiny, tmp_path):
+    base = Method(ctx=None, name="base")
+    r1 = capability.retention(tiny, base, tmp_path, n_mc=12)
+    r2 = capability.retention(tiny, base, tmp_path, n_mc=12)  # base figures from the cache
+    for r in (r1, r2):
+        assert r["mc_ratio"] == 1.0 and r["ppl_ratio"] == 1.0
+    assert list((tmp_path / "capability").glob("*.json"))
+
+
+def test_summary_counts_missing():
+    s = summary([1.0, None, 3.0])
+    assert s["mean"] == 2.0 and s["n"] == 2 and s["missing"] == 1
+    assert summary([None]) is None
+
+
+def test_evaluation_config_errors():
+    with pytest.raises(PktError, match="needs a judge"):
+        Evaluation(trait_scorer="judge")
+    with pytest.raises(PktError, match="unknown eval.trait_scorer"):
+        Evaluation(trait_scorer="vibes")
+
+
+# Held-out accuracy threshold: the 5-fold CV accuracies measured on the shipped corpus are
+# 0.60-0.78 per trait (README). On a fixed 20% held-out split (67 texts), chance is 0.5 with
+# a binomial sd of 0.06; we require every trait above chance and the mean over traits >= 0.62,
+# two sd above chance and below every measured mean.
+def test_offline_scorer_separates_held_out_items():
+    accs = []
+    for t in TRAITS:
+        texts, y, _ = load_corpus(t.lower())
+        emb = embed(texts)
+        idx = list(range(len(texts)))
+        test = idx[::5]
+        train = [i for i in idx if i % 5]
+        accs.append(split_accuracy(texts, y, emb, train, test))
+    assert min(accs) > 0.5, accs
+    assert sum(accs) / len(accs) >= 0.62, accs
+
+
+def test_scorer_direction_and_cache(tmp_path):
+    s = TraitScorer("extraversion", tmp_path)
+    hi = "I love meeting new people and I was the first on the dance floor, chatting with everyone all night."
+    lo = "I prefer a quiet evening at home alone with a book; big crowds drain me and I avoid parties."
+    a, b = s.score([hi, lo])
+    assert 1 <= b < a <= 5
+    s2 = TraitScorer("extraversion", tmp_path)  # from the cache
+    assert s2.score([hi, lo]) == pytest.approx([a, b], abs=1e-6)
+    assert not math.isnan(a)
