@@ -132,7 +132,9 @@ def load_pretrained_dir(path: str, dtype: torch.dtype, device: str, name: str) -
 class HFModel:
     """Any Hugging Face causal LM, by hub id or local path (bf16 on GPU by default)."""
 
-    def __init__(self, name: str, path: str, dtype: str = "bfloat16", device: str = "auto"):
+    def __init__(self, name: str, path: str, dtype: str = "bfloat16", device: str = "auto",
+                 npti_k_min: float | None = None):
+        # npti_k_min: this model's default neuron count for method=neuron (read by its config)
         self.name, self.path = name, str(path)
         self.dtype, self.device = resolve_dtype(dtype), resolve_device(device)
 

@@ -98,7 +98,7 @@ def test_neuron_changes_most_responses_and_reuses_artifacts(tmp_path):
     for d in run_dirs(tmp_path):
         m = json.loads((d / "metrics.json").read_text())
         runs[(m["method"], m["aspect"])] = (d, m)
-    (dn, mn), (db, _), (dl, ml) = runs[("neuron", "high")], runs[("base", "high")], runs[("neuron", "low")]
+    (dn, mn), (db, _), (_dl, ml) = runs[("neuron", "high")], runs[("base", "high")], runs[("neuron", "low")]
     assert mn["neuron_stats_cached"] is False and ml["neuron_stats_cached"] is True
     assert mn["neurons_high"] >= 599 and mn["neurons_low"] >= 599  # k_min = 1.3% of 46,080
     assert sum(mn["neurons_high_per_layer"]) == mn["neurons_high"]

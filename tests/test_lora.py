@@ -1,6 +1,7 @@
 """method=lora: data masking, one training step, adapter cache round trip, W&B, end to end."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -189,12 +190,14 @@ def test_training_curves_go_to_the_runners_own_wandb_run(tmp_path):
     from pkt.tracking import WandbTracker
 
     tracker = WandbTracker(run_dir=tmp_path, run_config={}, name="t", mode="offline")
+    env = {k: v for k, v in os.environ.items() if k.startswith("WANDB")}
     try:
         m = LoraMethod(_ctx(TinyRandomModel().load(), tmp_path, tracker=tracker), **FAST)
         m.prepare()
         # Lightning did not finish the runner's run: it still takes records
         tracker.log_metrics({"after_training": 1})
         tracker.log_summary({"after": 1})
+        assert {k: v for k, v in os.environ.items() if k.startswith("WANDB")} == env
     finally:
         tracker.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
