@@ -25,7 +25,7 @@ class ActivationStats:
         self.counts = torch.zeros(n_layers, width, dtype=torch.int64, device=device)
         self.hist = torch.zeros(n_layers, width * N_BINS, dtype=torch.int64, device=device)
         self.tokens = 0
-        self._offsets = torch.arange(width, device=device) * N_BINS
+        self._offsets = (torch.arange(width, device=device) * N_BINS).to(torch.int32)
 
     @torch.no_grad()
     def update(self, layer: int, acts: torch.Tensor) -> None:
@@ -34,10 +34,11 @@ class ActivationStats:
             return
         a = acts.float()
         self.counts[layer] += (a > 0).sum(0)
-        b = torch.floor_divide(a, BIN_WIDTH).add_(1).clamp_(0, N_BINS - 1)
-        b[a < 0] = 0
-        flat = (b.long() + self._offsets).view(-1)
-        self.hist[layer] += torch.bincount(flat, minlength=self.width * N_BINS)
+        # bin = floor(100 a) + 1 clamped to [0, 300]: every a < 0 lands in bin 0 (for
+        # -0.01 < a < 0, floor(100 a) = -1), a >= 2.99 in the open last bin
+        b = (a * (1.0 / BIN_WIDTH)).floor_().add_(1).clamp_(0, N_BINS - 1).to(torch.int32)
+        b.add_(self._offsets)
+        self.hist[layer] += torch.bincount(b.view(-1), minlength=self.width * N_BINS)
 
     def histogram(self) -> torch.Tensor:
         return self.hist.view(self.n_layers, self.width, N_BINS)
