@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -77,3 +78,20 @@ def test_scorer_direction_and_cache(tmp_path):
     s2 = TraitScorer("extraversion", tmp_path)  # from the cache
     assert s2.score([hi, lo]) == pytest.approx([a, b], abs=1e-6)
     assert not math.isnan(a)
+
+
+def test_rescore_updates_offline_scores(tmp_path):
+    from pkt.eval.rescore import main as rescore
+
+    run = tmp_path / "sweep" / "0_base_extraversion_high"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"trait": "extraversion", "trait_scorer": "offline-minilm",
+                                                  "trait_score": {"mean": 9.0}}))
+    texts = ["I adore parties and meeting strangers.", "I stay home alone; crowds tire me."]
+    (run / "generations.jsonl").write_text("".join(json.dumps({"response": t}) + "\n" for t in texts))
+    assert rescore([str(tmp_path / "sweep"), "--cache-dir", str(tmp_path / "c")]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert 1 <= m["trait_score"]["mean"] <= 5 and m["trait_score"]["n"] == 2
+    g = [json.loads(x) for x in (run / "generations.jsonl").read_text().splitlines()]
+    assert g[0]["trait_score"] > g[1]["trait_score"]
+    assert rescore([str(tmp_path / "nope")]) == 2
