@@ -53,6 +53,14 @@ def test_multirun_gives_separate_dirs_and_wandb_runs(tmp_path):
     assert len(ids) == 2
     methods = {json.loads((d / "metrics.json").read_text())["method"] for d in dirs}
     assert methods == {"base", "prompt_simple"}
+    # the comparison report over these two real runs
+    from pkt.report import build_report
+
+    sweep = dirs[0].parent
+    md = build_report([sweep]).read_text()
+    assert "| base | high |" in md and "| prompt_simple | high |" in md and "openness" in md
+    assert (sweep / "report.csv").read_text().count("\n") == 3
+    assert (sweep / "scores_by_method.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("args,msg", [
