@@ -104,3 +104,25 @@ def test_same_config_and_seed_repeat_exactly(tmp_path):
     info = json.loads((run_dirs(a)[0] / "run_info.json").read_text())
     assert {"data_hash", "model_fingerprint", "artifacts", "seed", "versions", "overrides"} <= set(info)
     assert (run_dirs(a)[0] / ".hydra" / "config.yaml").exists()
+
+
+def test_judge_endpoint_down_keeps_generations_and_marks_metrics(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now: connections are refused
+    r = run_pkt(["method=base", *[a for a in TINY if a != "eval=none"], "eval/judge=openai",
+                 f"eval.judge.base_url=http://127.0.0.1:{port}/v1", "eval.judge.max_retries=1",
+                 "eval.judge.backoff=0.01", "eval.capability=false"], tmp_path)
+    # progress bars ran before; the failure itself is one line, the last one
+    errors = [x for x in stderr_lines(r) if "error" in x.lower() or "Traceback" in x]
+    assert r.returncode != 0 and len(errors) == 1, r.stderr
+    assert errors[0] == stderr_lines(r)[-1]
+    assert errors[0].startswith("pkt: error: judge endpoint") and "unreachable" in errors[0]
+    (d,) = run_dirs(tmp_path)
+    gens = read_jsonl(d / "generations.jsonl")
+    assert len(gens) == 3 and all(g["response"] is not None for g in gens)
+    m = json.loads((d / "metrics.json").read_text())
+    assert "unreachable" in m["evaluation_error"] and m["n"] == 3
