@@ -84,7 +84,7 @@ def gen_time(lm, texts, new_tokens):
     return time.perf_counter() - t
 
 
-def bench_generation(lm, n_neurons: int, batch_sizes=(1, 8, 32), new_tokens=32, repeats=3):
+def bench_generation(lm, n_neurons: int, batch_sizes=(1, 8, 32), new_tokens=32, repeats=5):
     L, N = shape(lm.model)
     ind = Induction(lm.model, random_set(L, N, n_neurons, 0), random_set(L, N, n_neurons, 1),
                     strength=1.0, keep_prob=0.9, seed=0)
@@ -135,7 +135,7 @@ def stats_pass(lm, seqs, batch_size, record: bool):
     return time.perf_counter() - t
 
 
-def bench_stats(lm, n_seqs=32, batch_size=8, repeats=3):
+def bench_stats(lm, n_seqs=32, batch_size=8, repeats=5):
     seqs = sequences(lm, n_seqs)
     stats_pass(lm, seqs[:batch_size], batch_size, True)  # warm-up
     plain, rec = [], []
@@ -209,6 +209,10 @@ def main():
     res["memory"] = bench_memory(args.model)
     if not args.skip_run:
         res["make_run"] = bench_run_command()
+    elif Path(args.out).is_file():  # keep the last measured command timings
+        old = json.loads(Path(args.out).read_text())
+        if "make_run" in old:
+            res["make_run"] = {**old["make_run"], "measured": old.get("date")}
     res["targets"] = {"generation_ratio_min": 0.95, "statistics_ratio_min": 0.90}
     write_json_atomic(Path(args.out), res)
     print(f"wrote {args.out}")
