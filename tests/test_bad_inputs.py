@@ -1,7 +1,6 @@
 """Bad inputs that need a model or a run: one clear error line, nothing corrupted on disk."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
