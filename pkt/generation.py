@@ -22,6 +22,11 @@ class GenConfig:
         return cls(**d)
 
 
+    def merged(self, overrides: dict | None) -> GenConfig:
+        """This config with some fields replaced (e.g. the search_gen block)."""
+        return GenConfig(**{**self.__dict__, **dict(overrides or {})})
+
+
 @dataclass
 class Generation:
     text: str

@@ -152,8 +152,7 @@ def run(cfg: DictConfig) -> dict:
             lm = instantiate(cfg.model).load()
         ctx = RunContext(lm=lm, bench=bench, trait=cfg.trait, aspect=cfg.aspect,
                          seed=int(cfg.seed), gen=GenConfig.from_cfg(cfg.gen), run_dir=run_dir,
-                         cache_dir=Path(cfg.paths.cache_dir), tracker=tracker,
-                         progress=sys.stderr.isatty() or bool(cfg.get("progress", True)))
+                         cache_dir=Path(cfg.paths.cache_dir), tracker=tracker)
         # built as a partial, then given the context (a plain object, kept out of OmegaConf)
         method = instantiate(cfg.method, _partial_=True, _recursive_=False, _convert_="all")(ctx=ctx)
         log.info("method %s, trait %s (%s), model %s, %d test questions", method.label,

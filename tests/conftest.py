@@ -28,6 +28,16 @@ def tiny():
     return TinyRandomModel().load()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model's matrices are too small to gain from threads (and lose a lot when the
+    cores are shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture()
 def spread_tiny():
     """A tiny model whose gate activations spread over the whole histogram range."""

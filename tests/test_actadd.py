@@ -22,14 +22,7 @@ QUESTIONS = ["Art?", "How do you spend a long, free afternoon when nobody needs 
              "How do you feel about travelling alone to a country whose language you do not speak?"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model's matrices are too small to gain from threads (and lose a lot when the
-    cores are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ctx(lm, root: Path, aspect: str = "high") -> RunContext:

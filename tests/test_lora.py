@@ -34,14 +34,7 @@ FAST = dict(search_gen={"max_new_tokens": 10}, batch_size=4, max_epochs=3, max_s
 EVAL_GEN = GenConfig(max_new_tokens=10, batch_size=4, repetition_penalty=1.15)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model's matrices are too small to gain from threads (and lose a lot when the
-    cores are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bench() -> Bench:

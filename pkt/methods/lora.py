@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from pkt import PktError, prompts
 from pkt.artifacts import ArtifactStore, key_hash, read_meta
-from pkt.generation import GenConfig, chat_prompt
+from pkt.generation import chat_prompt
 from pkt.methods import Method, RunContext
 from pkt.neurons import identify
 
@@ -213,7 +213,7 @@ class LoraMethod(Method):
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.recompute = bool(recompute)
         self.adapter_from = adapter_from
-        self.search_gen = GenConfig(**{**ctx.gen.__dict__, **dict(search_gen or {})})
+        self.search_gen = ctx.gen.merged(search_gen)
         self.store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
         self.peft = None  # the PeftModel around ctx.lm.model, after prepare()
         self.training: dict = {}

@@ -10,7 +10,6 @@ from safetensors.torch import load_file, save_file
 
 from pkt import PktError, plots
 from pkt.artifacts import ArtifactStore, read_meta
-from pkt.generation import GenConfig
 from pkt.methods import Method, RunContext
 from pkt.neurons import identify
 from pkt.neurons.induce import Induction
@@ -33,7 +32,7 @@ class NeuronMethod(Method):
         self.strength, self.k_min, self.threshold = float(strength), k_min, float(diff_threshold)
         self.keep_prob, self.deactivate, self.include_prompt = keep_prob, deactivate, include_prompt
         self.recompute, self.neurons_from = recompute, neurons_from
-        self.search_gen = GenConfig(**{**ctx.gen.__dict__, **dict(search_gen or {})})
+        self.search_gen = ctx.gen.merged(search_gen)
         self.store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
         self.sets: dict[str, NeuronSet] = {}
         self.stats_dir: Path | None = None
