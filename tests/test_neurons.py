@@ -31,12 +31,15 @@ def hand_activations(lm, ids: list[int]) -> list[torch.Tensor]:
 
 
 def hand_stats(acts_per_layer: list[np.ndarray]):
-    """counts > 0 and the 301-bin histogram, from first principles (numpy)."""
+    """counts > 0 and the 301-bin histogram, from first principles (numpy).
+
+    Bin 0 is a <= 0; bin k in 1..299 is ((k-1)/100, k/100]; bin 300 is a > 2.99.
+    """
     edges = np.round(np.arange(0, 300) * 0.01, 10)  # 0.00, 0.01, ..., 2.99
     counts, hist = [], []
     for a in acts_per_layer:
         counts.append((a > 0).sum(0))
-        b = np.where(a < 0, 0, np.searchsorted(edges, a, side="right"))
+        b = np.searchsorted(edges, a, side="left")  # edges[b-1] < a <= edges[b]
         h = np.zeros((a.shape[1], N_BINS), dtype=np.int64)
         for j in range(a.shape[1]):
             h[j] = np.bincount(b[:, j], minlength=N_BINS)
@@ -98,6 +101,14 @@ def test_percentile_from_histogram():
     p = st.percentile(0.95)[0]
     assert p[0] == 0.0 and abs(float(p[1]) - 0.95) < 0.011 and abs(float(p[2]) - 2.99) < 1e-6
     assert torch.allclose(st.prob()[0], torch.tensor([0.0, 0.99, 1.0]))
+
+
+def test_bins_and_exact_zero():
+    st = ActivationStats(1, 1)
+    st.update(0, torch.tensor([[-0.5], [0.0], [0.005], [0.015], [0.02], [2.995], [10.0]]))
+    h = st.histogram()[0, 0]
+    assert h[0] == 2 and h[1] == 1 and h[2] == 2 and h[300] == 2 and h.sum() == 7
+    assert int(st.counts[0, 0]) == 5  # 0.0 is not "active"
 
 
 def test_selection_rule_k_min_binds_and_threshold_extends():

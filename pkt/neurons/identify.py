@@ -19,7 +19,7 @@ from pkt.neurons.stats import collect_stats
 log = logging.getLogger(__name__)
 
 ASPECTS = ("high", "low")
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: histogram bins closed on the right, counts read off the histogram
 
 
 def stats_key(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig) -> dict:

@@ -2,10 +2,12 @@
 
 For the target aspect's neurons ``a_j <- a_j + p95_j * strength * sigmoid(10 (diff_j - 0.15))``
 (each kept with probability ``keep_prob`` by a fresh mask at every forward pass) and, for
-the opposite aspect's neurons, ``a <- min(a, 0)``. The edit is precomputed as two dense
-per-layer vectors on the model's device and dtype, so each hooked forward does one
-``relu``-subtract and one masked add per layer, with no Python loop over neurons and no
-host synchronisation.
+the opposite aspect's neurons, ``a <- min(a, 0)``. The edit is precomputed as dense
+[layers, width] tensors on the model's device and dtype: a cap (0 for deactivated neurons,
++inf elsewhere) and the amounts to add. Each hooked forward draws one keep-mask for all
+layers at once from a device-side generator; each layer then costs two in-place ops
+(``clamp_(max=cap)`` and ``add_``), with no Python loop over neurons and no host
+synchronisation.
 """
 
 from __future__ import annotations
@@ -56,29 +58,37 @@ class Induction:
         self.positions = positions
         add = torch.zeros(self.n_layers, self.width, dtype=torch.float32)
         add.index_put_((target.layer, target.index), edit_amount(target, strength), accumulate=True)
-        opp = torch.zeros(self.n_layers, self.width, dtype=torch.float32)
+        opp = torch.zeros(self.n_layers, self.width, dtype=torch.bool)
         if deactivate and opposite is not None:
             check_fits(opposite, self.n_layers, self.width, "opposite neuron set")
-            opp[opposite.layer, opposite.index] = 1.0
+            opp[opposite.layer, opposite.index] = True
         self.add = add.to(self.device, self.dtype)
-        self.opp = opp.to(self.device, self.dtype)
+        # min(a, cap): cap 0 deactivates, +inf leaves the value alone
+        self.cap = torch.where(opp, 0.0, math.inf).to(self.device, self.dtype)
         self.has_add = (add != 0).any(-1).tolist()
-        self.has_opp = (opp != 0).any(-1).tolist()
+        self.has_opp = opp.any(-1).tolist()
+        # the mask is drawn for all layers when the first layer with additions runs
+        self.first_add = self.has_add.index(True) if any(self.has_add) else -1
+        self._inc = self.add
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
         self.forwards = 0  # hooked forwards that were edited (per layer call)
+
+    def _draw(self) -> None:
+        """A fresh keep-mask for every layer, one draw per forward pass."""
+        keep = torch.rand(self.add.shape, generator=self.generator, device=self.device)
+        self._inc = self.add * (keep < self.keep_prob)
 
     def edit(self, layer: int, out: torch.Tensor) -> torch.Tensor:
         """Apply the edit to one layer's activations ``out`` [..., width]."""
         inplace = not torch.is_grad_enabled()
         if self.has_opp[layer]:
-            dec = torch.relu(out) * self.opp[layer]  # a - max(a, 0) = min(a, 0) where opp = 1
-            out = out.sub_(dec) if inplace else out - dec
+            cap = self.cap[layer]
+            out = out.clamp_(max=cap) if inplace else torch.minimum(out, cap)
         if self.has_add[layer]:
-            inc = self.add[layer]
-            if self.keep_prob < 1.0:
-                keep = torch.rand(self.width, generator=self.generator, device=self.device)
-                inc = inc * (keep < self.keep_prob)
+            if layer == self.first_add and self.keep_prob < 1.0:
+                self._draw()
+            inc = self._inc[layer]
             out = out.add_(inc) if inplace else out + inc
         self.forwards += 1
         return out

@@ -1,9 +1,12 @@
 """Streaming per-neuron statistics over generated-token positions.
 
 Memory is O(layers x neurons x bins), whatever the number of tokens: for every neuron we
-keep the count of tokens where its activation is > 0 and a 301-bin histogram of its
-values: bin 0 holds (-inf, 0); bins 1..300 are 0.01 wide starting at 0 ([0, 0.01), ...),
-the last one open-ended ([2.99, inf)).
+keep a 301-bin histogram of its values. Bin 0 holds every value <= 0; bins 1..299 are
+0.01 wide and closed on the right ((0, 0.01], (0.01, 0.02], ..., (2.98, 2.99]); bin 300 is
+open-ended ((2.99, inf)). Because bin 0 is exactly "not active", the count of tokens with
+activation > 0 is the sum of bins 1..300: no second pass over the activations is needed.
+(The release's bins are closed on the left; the two layouts differ only for values that
+fall exactly on an edge.)
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ BIN_WIDTH = 0.01
 class ActivationStats:
     def __init__(self, n_layers: int, width: int, device="cpu"):
         self.n_layers, self.width = n_layers, width
-        self.counts = torch.zeros(n_layers, width, dtype=torch.int64, device=device)
         self.hist = torch.zeros(n_layers, width * N_BINS, dtype=torch.int64, device=device)
         self.tokens = 0
         self._offsets = (torch.arange(width, device=device) * N_BINS).to(torch.int32)
@@ -32,13 +34,16 @@ class ActivationStats:
         """Add ``acts`` [M, width] (M counted token positions) for ``layer``."""
         if acts.shape[0] == 0:
             return
-        a = acts.float()
-        self.counts[layer] += (a > 0).sum(0)
-        # bin = floor(100 a) + 1 clamped to [0, 300]: every a < 0 lands in bin 0 (for
-        # -0.01 < a < 0, floor(100 a) = -1), a >= 2.99 in the open last bin
-        b = (a * (1.0 / BIN_WIDTH)).floor_().add_(1).clamp_(0, N_BINS - 1).to(torch.int32)
-        b.add_(self._offsets)
+        # bin = ceil(100 a) clamped to [0, 300]: a <= 0 lands in bin 0, a in (0, 0.01] in
+        # bin 1, a > 2.99 in the open last bin. Three elementwise passes and one bincount.
+        b = torch.mul(acts.float(), 1.0 / BIN_WIDTH).clamp_(0, N_BINS - 1).ceil_()
+        b = b.to(torch.int32).add_(self._offsets)
         self.hist[layer] += torch.bincount(b.view(-1), minlength=self.width * N_BINS)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """Tokens with activation > 0 per neuron, [layers, width] (bins 1..300 of the histogram)."""
+        return self.histogram()[:, :, 1:].sum(-1)
 
     def histogram(self) -> torch.Tensor:
         return self.hist.view(self.n_layers, self.width, N_BINS)
@@ -51,7 +56,7 @@ class ActivationStats:
         """The q-quantile of each neuron's activation, read off the histogram.
 
         Interpolated linearly inside the bin where the cumulative share crosses q; a
-        quantile in the negative bin is reported as 0, one in the open last bin as 2.99.
+        quantile in bin 0 (values <= 0) is reported as 0, one in the open last bin as 2.99.
         """
         h = self.histogram().double()
         total = h.sum(-1, keepdim=True).clamp_min(1)
