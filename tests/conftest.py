@@ -7,8 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import pkt
+from pkt.bench import Bench
+from pkt.generation import GenConfig
+from pkt.methods import RunContext
 from pkt.models import TinyRandomModel
 
 ROOT = Path(pkt.__file__).resolve().parent.parent
@@ -46,6 +50,20 @@ def spread_tiny():
         for layer in lm.model.model.layers:
             layer.mlp.gate_proj.weight.mul_(40.0)
     return lm
+
+
+def openness_context(lm, questions: list[str], personas: dict, run_dir: Path, gen: GenConfig,
+                     aspect: str = "high", cache_dir: Path | None = None,
+                     tracker=None) -> RunContext:
+    """A method's RunContext over a hand-written Openness bench (search split only)."""
+    bench = Bench(trait="Openness",
+                  search=[{"question": q, "_line": i + 1} for i, q in enumerate(questions)],
+                  test=[], personas=personas, data_hash="x")
+    trait = OmegaConf.create({"name": "openness", "adjectives": {"high": "open", "low": "closed"}})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return RunContext(lm=lm, bench=bench, trait=trait, aspect=aspect, seed=0, gen=gen,
+                      run_dir=run_dir, cache_dir=cache_dir or run_dir / "cache",
+                      tracker=tracker, progress=False)
 
 
 def run_pkt(args: list[str], tmp_path: Path, cache: Path | None = None, timeout: int = 900,

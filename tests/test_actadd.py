@@ -5,17 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from pkt import PktError
-from pkt.bench import Bench
 from pkt.generation import GenConfig
 from pkt.methods import RunContext
 from pkt.methods.actadd import ActAddMethod
 from pkt.models import TinyRandomModel
 from pkt.neurons import identify
 from pkt.neurons.sites import decoder_layers
-from tests.conftest import read_jsonl, run_dirs, run_pkt
+from tests.conftest import openness_context, read_jsonl, run_dirs, run_pkt
 
 QUESTIONS = ["Art?", "How do you spend a long, free afternoon when nobody needs you?",
              "Would you try a food you have never heard of?", "Poetry: yes or no?",
@@ -25,18 +23,14 @@ QUESTIONS = ["Art?", "How do you spend a long, free afternoon when nobody needs 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+PERSONAS = {"high": ["You are curious and imaginative.",
+                     "You love art, travel and new ideas of every kind."],
+            "low": ["You like routine.", "You avoid anything unfamiliar or abstract."]}
+
+
 def _ctx(lm, root: Path, aspect: str = "high") -> RunContext:
-    bench = Bench(trait="Openness",
-                  search=[{"question": q, "_line": i + 1} for i, q in enumerate(QUESTIONS)],
-                  test=[], personas={"high": ["You are curious and imaginative.",
-                                              "You love art, travel and new ideas of every kind."],
-                                     "low": ["You like routine.",
-                                             "You avoid anything unfamiliar or abstract."]},
-                  data_hash="x")
-    trait = OmegaConf.create({"name": "openness", "adjectives": {"high": "open", "low": "closed"}})
-    return RunContext(lm=lm, bench=bench, trait=trait, aspect=aspect, seed=0,
-                      gen=GenConfig(max_new_tokens=6, batch_size=3), run_dir=root,
-                      cache_dir=root / "cache", progress=False)
+    return openness_context(lm, QUESTIONS, PERSONAS, root, GenConfig(max_new_tokens=6, batch_size=3),
+                            aspect=aspect, cache_dir=root / "cache")
 
 
 def _by_hand(lm, ctx, layer: int, position: str) -> torch.Tensor:

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from pkt import PktError, prompts
-from pkt.bench import Bench
 from pkt.generation import GenConfig, chat_prompt, generate
 from pkt.methods import RunContext
 from pkt.methods.lora import (
@@ -23,7 +21,7 @@ from pkt.methods.lora import (
     training_examples,
 )
 from pkt.models import TinyRandomModel
-from tests.conftest import read_jsonl, run_dirs, run_pkt
+from tests.conftest import openness_context, read_jsonl, run_dirs, run_pkt
 
 QUESTIONS = ["What do you think about modern art?", "How do you spend a free afternoon?",
              "Would you try a food you have never heard of?", "What is your view on poetry?",
@@ -37,23 +35,13 @@ EVAL_GEN = GenConfig(max_new_tokens=10, batch_size=4, repetition_penalty=1.15)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _bench() -> Bench:
-    return Bench(trait="Openness",
-                 search=[{"question": q, "_line": i + 1} for i, q in enumerate(QUESTIONS)],
-                 test=[], personas={"high": ["You are curious and imaginative.",
-                                             "You love art and new ideas."],
-                                    "low": ["You like routine and plain facts.",
-                                            "You avoid anything unfamiliar."]},
-                 data_hash="x")
+PERSONAS = {"high": ["You are curious and imaginative.", "You love art and new ideas."],
+            "low": ["You like routine and plain facts.", "You avoid anything unfamiliar."]}
 
 
 def _ctx(lm, root: Path, aspect: str = "high", tracker=None) -> RunContext:
-    trait = OmegaConf.create({"name": "openness",
-                              "adjectives": {"high": "open", "low": "closed"}})
-    run_dir = root / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return RunContext(lm=lm, bench=_bench(), trait=trait, aspect=aspect, seed=0, gen=EVAL_GEN,
-                      run_dir=run_dir, cache_dir=root / "cache", tracker=tracker, progress=False)
+    return openness_context(lm, QUESTIONS, PERSONAS, root / "run", EVAL_GEN, aspect=aspect,
+                            cache_dir=root / "cache", tracker=tracker)
 
 
 def _texts(lm) -> list[str]:

@@ -18,6 +18,7 @@ Results go to experiments/bench/results.json with a machine description and load
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -138,7 +139,68 @@ def edit_cost(ind: Induction, bs: int, device, reps: int = 200) -> float:
     return (time.perf_counter() - t) / reps
 
 
-def bench_generation(lm, n_neurons: int, batch_sizes=(1, 8, 32), new_tokens=32, rounds=7):
+class StepAlternator:
+    """A logits processor that times every decode step and switches the induction hooks on
+    for every other step, so hooked and plain steps of one ``generate`` call alternate.
+
+    The processor runs once per step, between two forwards: the interval between two of its
+    calls is one whole decode step (forward, logits processing, token choice). Hook
+    registration happens outside the timed interval, as it does once per call in real use.
+    """
+
+    def __init__(self, ind: Induction, device, phase: int):
+        self.ind, self.device, self.phase = ind, device, phase
+        self.ctx = None
+        self.last = None
+        self.hooked = False
+        self.step = 0
+        self.times: dict[bool, list[float]] = {True: [], False: []}
+
+    def __call__(self, input_ids, scores):
+        sync(self.device)
+        now = time.perf_counter()
+        if self.last is not None:
+            self.times[self.hooked].append(now - self.last)
+        self.hooked = (self.step + self.phase) % 2 == 1
+        if self.hooked and self.ctx is None:
+            self.ctx = self.ind.apply()
+            self.ctx.__enter__()
+        elif not self.hooked and self.ctx is not None:
+            self.close()
+        self.step += 1
+        self.last = time.perf_counter()
+        return scores
+
+    def close(self):
+        if self.ctx is not None:
+            self.ctx.__exit__(None, None, None)
+            self.ctx = None
+
+
+@torch.no_grad()
+def alternating_steps(lm, ind, texts, new_tokens, rounds):
+    """Per-step times of plain and hooked decode steps, interleaved inside each generate call."""
+    from transformers import LogitsProcessorList
+
+    tok = lm.tokenizer
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+    plain, hooked = [], []
+    for r in range(rounds):
+        alt = StepAlternator(ind, lm.device, phase=r % 2)
+        try:
+            lm.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                              do_sample=False, repetition_penalty=1.15,
+                              pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
+                              top_k=None, logits_processor=LogitsProcessorList([alt]))
+        finally:
+            alt.close()
+        plain += alt.times[False]
+        hooked += alt.times[True]
+    return plain, hooked
+
+
+def bench_generation(lm, n_neurons: int, batch_sizes=(1, 8, 32), new_tokens=32, rounds=5,
+                     step_tokens=64, step_rounds=4):
     L, N = shape(lm.model)
     ind = Induction(lm.model, random_set(L, N, n_neurons, 0), random_set(L, N, n_neurons, 1),
                     strength=1.0, keep_prob=0.9, seed=0)
@@ -148,27 +210,37 @@ def bench_generation(lm, n_neurons: int, batch_sizes=(1, 8, 32), new_tokens=32, 
         gen_time(lm, texts, 4)  # warm-up
         with ind.apply():
             gen_time(lm, texts, 4)
+        # 1. decode steps, hooked and plain alternating inside each generate call
+        ps, hs = alternating_steps(lm, ind, texts, step_tokens, step_rounds)
+        step_ratio = statistics.fmean(ps) / statistics.fmean(hs)
 
+        # 2. whole generate calls, with and without induction, in alternating pairs
         def hooked(texts=texts):
             with ind.apply():
                 return gen_time(lm, texts, new_tokens)
 
         r = paired(lambda texts=texts: gen_time(lm, texts, new_tokens), hooked, rounds)
         tokens = bs * new_tokens
-        step = statistics.median(r["a_s"]) / new_tokens
+        step = statistics.fmean(ps)
         cost = edit_cost(ind, bs, lm.device)
-        out[str(bs)] = {"tokens": tokens, "rounds": rounds,
-                        "plain_tok_s": tokens / statistics.median(r["a_s"]),
-                        "induced_tok_s": tokens / statistics.median(r["b_s"]),
-                        "ratio": r["ratio"], "ratio_min": r["ratio_min"],
-                        "ratio_max": r["ratio_max"], "ratio_of_best": r["ratio_of_best"],
-                        "plain_ms_per_step": 1e3 * step, "edit_ms_per_step": 1e3 * cost,
-                        "ratio_implied_by_edit_cost": step / (step + cost)}
-        print(f"generation bs={bs:<3} plain {out[str(bs)]['plain_tok_s']:8.1f} tok/s  induced "
-              f"{out[str(bs)]['induced_tok_s']:8.1f} tok/s  ratio {r['ratio']:.3f} "
-              f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]  edit {1e3 * cost:.2f} ms "
-              f"of a {1e3 * step:.1f} ms step", flush=True)
-    return {"edited_neurons_per_aspect": n_neurons, "new_tokens": new_tokens, "by_batch_size": out}
+        out[str(bs)] = {
+            "ratio": step_ratio,
+            "decode_steps": {"plain": len(ps), "hooked": len(hs),
+                             "plain_ms_per_step": 1e3 * statistics.fmean(ps),
+                             "hooked_ms_per_step": 1e3 * statistics.fmean(hs),
+                             "median_ratio": statistics.median(ps) / statistics.median(hs)},
+            "whole_calls": {"rounds": rounds, "tokens": tokens,
+                            "plain_tok_s": tokens / statistics.median(r["a_s"]),
+                            "induced_tok_s": tokens / statistics.median(r["b_s"]),
+                            "ratio": r["ratio"], "ratio_min": r["ratio_min"],
+                            "ratio_max": r["ratio_max"]},
+            "edit_ms_per_step": 1e3 * cost,
+            "ratio_implied_by_edit_cost": step / (step + cost)}
+        print(f"generation bs={bs:<3} decode steps ratio {step_ratio:.3f} ({len(ps)}+{len(hs)} "
+              f"steps, {1e3 * step:.1f} ms plain)  whole calls ratio {r['ratio']:.3f} "
+              f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]  edit alone {1e3 * cost:.2f} ms/step",
+              flush=True)
+    return {"edited_neurons_per_aspect": n_neurons, "by_batch_size": out}
 
 
 def sequences(lm, n, resp_len=64, seed=0):
@@ -201,20 +273,55 @@ def stats_pass(lm, seqs, batch_size, record: bool):
     return time.perf_counter() - t
 
 
-def bench_stats(lm, n_seqs=32, batch_size=8, rounds=7):
+@torch.no_grad()
+def alternating_batches(lm, seqs, batch_size, rounds):
+    """Per-batch times of plain and recording forwards over the same batch, back to back
+    (the order alternates), so a slow spell of the machine hits both."""
+    L, N = shape(lm.model)
+    st = ActivationStats(L, N, device=lm.device)
+    state: dict = {}
+    batches = [padded_batch(seqs[i : i + batch_size], lm.tokenizer.pad_token_id, lm.device)
+               for i in range(0, len(seqs), batch_size)]
+
+    def one(batch, record):
+        ids, attn, pos, count = batch
+        state["mask"] = count
+        sync(lm.device)
+        t = time.perf_counter()
+        with (recording(lm.model, st, state) if record else contextlib.nullcontext()):
+            lm.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
+                     logits_to_keep=1)
+        sync(lm.device)
+        return time.perf_counter() - t
+
+    plain, rec = [], []
+    for r in range(rounds):
+        for i, b in enumerate(batches):
+            if (r + i) % 2 == 0:
+                plain.append(one(b, False))
+                rec.append(one(b, True))
+            else:
+                rec.append(one(b, True))
+                plain.append(one(b, False))
+    return plain, rec
+
+
+def bench_stats(lm, n_seqs=32, batch_size=8, rounds=5):
     seqs = sequences(lm, n_seqs)
     stats_pass(lm, seqs[:batch_size], batch_size, True)  # warm-up
     stats_pass(lm, seqs[:batch_size], batch_size, False)
-    r = paired(lambda: stats_pass(lm, seqs, batch_size, False),
-               lambda: stats_pass(lm, seqs, batch_size, True), rounds)
+    plain, rec = alternating_batches(lm, seqs, batch_size, rounds)
+    ratio = sum(plain) / sum(rec)
+    pair = [a / b for a, b in zip(plain, rec)]
     tokens = sum(len(x) for _, x in seqs)
-    print(f"statistics pass: plain {statistics.median(r['a_s']):.2f}s  recording "
-          f"{statistics.median(r['b_s']):.2f}s  ratio {r['ratio']:.3f} "
-          f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]", flush=True)
+    print(f"statistics pass: plain {sum(plain) / rounds:.2f}s  recording {sum(rec) / rounds:.2f}s "
+          f"per pass  ratio {ratio:.3f} (per-batch pairs {min(pair):.3f} .. {max(pair):.3f})",
+          flush=True)
     return {"sequences": n_seqs, "counted_tokens": tokens, "rounds": rounds,
-            "plain_s": statistics.median(r["a_s"]), "recording_s": statistics.median(r["b_s"]),
-            "ratio": r["ratio"], "ratio_min": r["ratio_min"], "ratio_max": r["ratio_max"],
-            "ratio_of_best": r["ratio_of_best"]}
+            "batches_per_round": len(plain) // rounds,
+            "plain_s_per_pass": sum(plain) / rounds, "recording_s_per_pass": sum(rec) / rounds,
+            "ratio": ratio, "median_pair_ratio": statistics.median(pair),
+            "pair_ratio_min": min(pair), "pair_ratio_max": max(pair)}
 
 
 def rss_mb() -> float:

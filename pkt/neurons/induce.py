@@ -4,10 +4,10 @@ For the target aspect's neurons ``a_j <- a_j + p95_j * strength * sigmoid(10 (di
 (each kept with probability ``keep_prob`` by a fresh mask at every forward pass) and, for
 the opposite aspect's neurons, ``a <- min(a, 0)``. The edit is precomputed as dense
 [layers, width] tensors on the model's device and dtype: a cap (0 for deactivated neurons,
-+inf elsewhere) and the amounts to add. Each hooked forward draws one keep-mask for all
-layers at once from a device-side generator; each layer then costs two in-place ops
-(``clamp_(max=cap)`` and ``add_``), with no Python loop over neurons and no host
-synchronisation.
++inf elsewhere) and the amounts to add. Each hooked forward draws one keep-mask for the
+edited neurons of all layers at once from a device-side generator; each layer then
+costs two in-place ops (``minimum`` with the cap and ``add_``), with no Python loop over
+neurons and no host synchronisation.
 """
 
 from __future__ import annotations
@@ -69,26 +69,34 @@ class Induction:
         self.has_opp = opp.any(-1).tolist()
         # the mask is drawn for all layers when the first layer with additions runs
         self.first_add = self.has_add.index(True) if any(self.has_add) else -1
-        self._inc = self.add
+        # the edited positions, flat: the keep-mask is drawn for these only, into a
+        # persistent buffer whose other entries stay 0
+        flat = (add.view(-1) != 0).nonzero().squeeze(1)
+        self._flat = flat.to(self.device)
+        self._amounts = add.view(-1)[flat].to(self.device, self.dtype)
+        self._inc = self.add.clone() if self.keep_prob < 1.0 else self.add
+        # per-layer views, made once (a row lookup per layer and step is not free)
+        self._cap_rows = self.cap.unbind(0)
+        self._inc_rows = self._inc.unbind(0)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
         self.forwards = 0  # hooked forwards that were edited (per layer call)
 
     def _draw(self) -> None:
-        """A fresh keep-mask for every layer, one draw per forward pass."""
-        keep = torch.rand(self.add.shape, generator=self.generator, device=self.device)
-        self._inc = self.add * (keep < self.keep_prob)
+        """A fresh keep-mask for every edited neuron of every layer, one draw per forward pass."""
+        keep = torch.rand(self._flat.shape, generator=self.generator, device=self.device)
+        self._inc.view(-1).index_copy_(0, self._flat, self._amounts * (keep < self.keep_prob))
 
     def edit(self, layer: int, out: torch.Tensor) -> torch.Tensor:
         """Apply the edit to one layer's activations ``out`` [..., width]."""
         inplace = not torch.is_grad_enabled()
         if self.has_opp[layer]:
-            cap = self.cap[layer]
-            out = out.clamp_(max=cap) if inplace else torch.minimum(out, cap)
+            cap = self._cap_rows[layer]
+            out = torch.minimum(out, cap, out=out) if inplace else torch.minimum(out, cap)
         if self.has_add[layer]:
             if layer == self.first_add and self.keep_prob < 1.0:
                 self._draw()
-            inc = self._inc[layer]
+            inc = self._inc_rows[layer]
             out = out.add_(inc) if inplace else out + inc
         self.forwards += 1
         return out
