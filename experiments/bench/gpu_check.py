@@ -28,7 +28,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_bench import ROOT, machine, paired, random_set  # noqa: E402
+from run_bench import (  # noqa: E402
+    ROOT,
+    alternating_batches,
+    alternating_steps,
+    machine,
+    paired,
+    random_set,
+)
 
 from pkt.artifacts import write_json_atomic  # noqa: E402
 from pkt.neurons.induce import Induction  # noqa: E402
@@ -119,18 +126,27 @@ def main():
         with ind.apply():
             gen_time(model, ids, 4)
 
+        # decode steps, hooked and plain alternating inside each generate call
+        ps, hs = alternating_steps(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+                                   0, ind, args.new_tokens, args.rounds)
+
+        # whole generate calls, with and without induction, in alternating pairs
         def hooked(ids=ids):
             with ind.apply():
                 return gen_time(model, ids, args.new_tokens)
 
         r = paired(lambda ids=ids: gen_time(model, ids, args.new_tokens), hooked, args.rounds)
         tok = bs * args.new_tokens
+        ratio = statistics.fmean(ps) / statistics.fmean(hs)
         res["generation"][str(bs)] = {
-            "plain_tok_s": tok / statistics.median(r["a_s"]),
-            "induced_tok_s": tok / statistics.median(r["b_s"]),
-            "ratio": r["ratio"], "ratio_min": r["ratio_min"], "ratio_max": r["ratio_max"]}
-        print(f"generation bs={bs:<3} ratio {r['ratio']:.3f} "
-              f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]", flush=True)
+            "ratio": ratio, "plain_ms_per_step": 1e3 * statistics.fmean(ps),
+            "hooked_ms_per_step": 1e3 * statistics.fmean(hs),
+            "whole_calls": {"plain_tok_s": tok / statistics.median(r["a_s"]),
+                            "induced_tok_s": tok / statistics.median(r["b_s"]),
+                            "ratio": r["ratio"], "ratio_min": r["ratio_min"],
+                            "ratio_max": r["ratio_max"]}}
+        print(f"generation bs={bs:<3} decode steps ratio {ratio:.3f}  whole calls ratio "
+              f"{r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]", flush=True)
 
     def batches(n_seqs, bs=8, prompt=48, resp=128):
         seqs = [(torch.randint(10, vocab, (prompt,), generator=g).tolist(),
@@ -140,13 +156,11 @@ def main():
     b = batches(32)
     stats_time(model, b[:1], True)
     stats_time(model, b[:1], False)
-    r = paired(lambda: stats_time(model, b, False), lambda: stats_time(model, b, True),
-               args.rounds)
-    res["statistics"] = {"counted_tokens": 32 * 128, "plain_s": statistics.median(r["a_s"]),
-                         "recording_s": statistics.median(r["b_s"]), "ratio": r["ratio"],
-                         "ratio_min": r["ratio_min"], "ratio_max": r["ratio_max"]}
-    print(f"statistics pass ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]",
-          flush=True)
+    plain, rec = alternating_batches(model, b, args.rounds)
+    ratio = sum(plain) / sum(rec)
+    res["statistics"] = {"counted_tokens": 32 * 128, "plain_s_per_pass": sum(plain) / args.rounds,
+                         "recording_s_per_pass": sum(rec) / args.rounds, "ratio": ratio}
+    print(f"statistics pass ratio {ratio:.3f}", flush=True)
 
     if device.type == "cuda":
         mem = []

@@ -178,20 +178,19 @@ class StepAlternator:
 
 
 @torch.no_grad()
-def alternating_steps(lm, ind, texts, new_tokens, rounds):
+def alternating_steps(model, enc: dict, pad_id: int, ind, new_tokens, rounds):
     """Per-step times of plain and hooked decode steps, interleaved inside each generate call."""
     from transformers import LogitsProcessorList
 
-    tok = lm.tokenizer
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+    device = next(model.parameters()).device
     plain, hooked = [], []
     for r in range(rounds):
-        alt = StepAlternator(ind, lm.device, phase=r % 2)
+        alt = StepAlternator(ind, device, phase=r % 2)
         try:
-            lm.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              do_sample=False, repetition_penalty=1.15,
-                              pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
-                              top_k=None, logits_processor=LogitsProcessorList([alt]))
+            model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           do_sample=False, repetition_penalty=1.15, pad_token_id=pad_id,
+                           temperature=None, top_p=None, top_k=None,
+                           logits_processor=LogitsProcessorList([alt]))
         finally:
             alt.close()
         plain += alt.times[False]
@@ -211,7 +210,10 @@ def bench_generation(lm, n_neurons: int, batch_sizes=(1, 8, 32), new_tokens=32, 
         with ind.apply():
             gen_time(lm, texts, 4)
         # 1. decode steps, hooked and plain alternating inside each generate call
-        ps, hs = alternating_steps(lm, ind, texts, step_tokens, step_rounds)
+        enc = lm.tokenizer(texts, return_tensors="pt", padding=True,
+                           add_special_tokens=False).to(lm.device)
+        ps, hs = alternating_steps(lm.model, dict(enc), lm.tokenizer.pad_token_id, ind,
+                                   step_tokens, step_rounds)
         step_ratio = statistics.fmean(ps) / statistics.fmean(hs)
 
         # 2. whole generate calls, with and without induction, in alternating pairs
@@ -274,24 +276,26 @@ def stats_pass(lm, seqs, batch_size, record: bool):
 
 
 @torch.no_grad()
-def alternating_batches(lm, seqs, batch_size, rounds):
+def alternating_batches(model, batches, rounds):
     """Per-batch times of plain and recording forwards over the same batch, back to back
-    (the order alternates), so a slow spell of the machine hits both."""
-    L, N = shape(lm.model)
-    st = ActivationStats(L, N, device=lm.device)
+    (the order alternates), so a slow spell of the machine hits both.
+
+    ``batches``: ``padded_batch`` tuples (ids, attention mask, positions, counted mask).
+    """
+    L, N = shape(model)
+    device = next(model.parameters()).device
+    st = ActivationStats(L, N, device=device)
     state: dict = {}
-    batches = [padded_batch(seqs[i : i + batch_size], lm.tokenizer.pad_token_id, lm.device)
-               for i in range(0, len(seqs), batch_size)]
 
     def one(batch, record):
         ids, attn, pos, count = batch
         state["mask"] = count
-        sync(lm.device)
+        sync(device)
         t = time.perf_counter()
-        with (recording(lm.model, st, state) if record else contextlib.nullcontext()):
-            lm.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
-                     logits_to_keep=1)
-        sync(lm.device)
+        with (recording(model, st, state) if record else contextlib.nullcontext()):
+            model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
+                  logits_to_keep=1)
+        sync(device)
         return time.perf_counter() - t
 
     plain, rec = [], []
@@ -310,7 +314,9 @@ def bench_stats(lm, n_seqs=32, batch_size=8, rounds=5):
     seqs = sequences(lm, n_seqs)
     stats_pass(lm, seqs[:batch_size], batch_size, True)  # warm-up
     stats_pass(lm, seqs[:batch_size], batch_size, False)
-    plain, rec = alternating_batches(lm, seqs, batch_size, rounds)
+    batches = [padded_batch(seqs[i : i + batch_size], lm.tokenizer.pad_token_id, lm.device)
+               for i in range(0, len(seqs), batch_size)]
+    plain, rec = alternating_batches(lm.model, batches, rounds)
     ratio = sum(plain) / sum(rec)
     pair = [a / b for a, b in zip(plain, rec)]
     tokens = sum(len(x) for _, x in seqs)
