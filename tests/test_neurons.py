@@ -198,6 +198,32 @@ def test_decode_only_and_hooks_removed(tiny):
             assert not torch.allclose(tiny.model(ids).logits, base_prefill)
 
 
+def test_hooked_decode_equals_edit_by_hand(tiny):
+    """The generation hooks apply exactly ``edit`` (same keep-mask stream), with and without grad."""
+    target, opposite = _sets(tiny)
+    step = torch.tensor([[5]])  # the same decode step three times: only the mask changes
+    sites = neuron_sites(tiny.model)
+
+    def by_hand(ind):
+        hs = [s.register_forward_hook(lambda m, i, o, layer=k: ind.edit(layer, o.clone()))
+              for k, s in enumerate(sites)]
+        try:
+            return [tiny.model(step).logits for _ in range(3)]
+        finally:
+            for h in hs:
+                h.remove()
+
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            ref = by_hand(Induction(tiny.model, target, opposite, keep_prob=0.7, seed=3))
+            ind = Induction(tiny.model, target, opposite, keep_prob=0.7, seed=3)
+            with ind.apply():
+                got = [tiny.model(step).logits for _ in range(3)]
+        assert all(torch.equal(a, b) for a, b in zip(ref, got))
+        assert ind.forwards == 3 * len(sites)
+        assert not torch.equal(got[0], got[1])  # a fresh mask per forward
+
+
 def test_invalid_strength(tiny):
     target, opposite = _sets(tiny)
     for bad in (-0.5, float("nan"), float("inf")):

@@ -111,16 +111,36 @@ class Induction:
         handles = []
 
         def make(layer):
-            def hook(_mod, _inp, out):
-                if self.positions is not None:
+            if self.positions is not None:
+                def scored(_mod, _inp, out):
                     mask = self.positions.get("mask")
                     if mask is None or mask.shape != out.shape[:2]:
                         return None
                     out[mask] = self.edit(layer, out[mask])
                     return out
-                if not self.include_prompt and out.shape[-2] > 1:
+
+                return scored
+            # generation: the same edit as ``edit``, with everything per layer bound once,
+            # since this runs 'layers' times per decode step
+            cap = self._cap_rows[layer] if self.has_opp[layer] else None
+            inc = self._inc_rows[layer] if self.has_add[layer] else None
+            draw = layer == self.first_add and self.keep_prob < 1.0
+            decode_only = not self.include_prompt
+            minimum, grad_enabled = torch.minimum, torch.is_grad_enabled
+
+            def hook(_mod, _inp, out):
+                if decode_only and out.shape[-2] > 1:
                     return None
-                return self.edit(layer, out)
+                if grad_enabled():
+                    return self.edit(layer, out)
+                if cap is not None:
+                    minimum(out, cap, out=out)
+                if inc is not None:
+                    if draw:
+                        self._draw()
+                    out.add_(inc)
+                self.forwards += 1
+                return out
 
             return hook
 
