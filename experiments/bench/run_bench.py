@@ -310,7 +310,7 @@ def alternating_batches(model, batches, rounds):
     return plain, rec
 
 
-def bench_stats(lm, n_seqs=32, batch_size=8, rounds=5):
+def bench_stats(lm, n_seqs=32, batch_size=8, rounds=8):
     seqs = sequences(lm, n_seqs)
     stats_pass(lm, seqs[:batch_size], batch_size, True)  # warm-up
     stats_pass(lm, seqs[:batch_size], batch_size, False)
