@@ -113,13 +113,19 @@ def _finish(name: str, model, tok, device: str) -> LoadedModel:
                        fingerprint=model_fingerprint(model))
 
 
-def load_pretrained_dir(path: str, dtype: torch.dtype, device: str, name: str) -> LoadedModel:
-    """Load a causal LM + tokenizer from an HF id or a local directory (the GPU code path)."""
+def load_pretrained_dir(path: str, dtype: torch.dtype, device: str, name: str,
+                        device_map: str | dict | None = None) -> LoadedModel:
+    """Load a causal LM + tokenizer from an HF id or a local directory (the GPU code path).
+
+    The model goes to one device unless ``device_map`` is given (e.g. "auto" to spread a
+    model too large for one GPU over several; neuron statistics, neuron induction and LoRA
+    then refuse it, ActAdd and prompting work).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"dtype": dtype}
-    if device == "cuda" and torch.cuda.device_count() > 1:
-        kwargs["device_map"] = "auto"
+    if device_map:
+        kwargs["device_map"] = device_map
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -133,13 +139,15 @@ class HFModel:
     """Any Hugging Face causal LM, by hub id or local path (bf16 on GPU by default)."""
 
     def __init__(self, name: str, path: str, dtype: str = "bfloat16", device: str = "auto",
-                 npti_k_min: float | None = None):
+                 npti_k_min: float | None = None, device_map: str | None = None):
         # npti_k_min: this model's default neuron count for method=neuron (read by its config)
         self.name, self.path = name, str(path)
         self.dtype, self.device = resolve_dtype(dtype), resolve_device(device)
+        self.device_map = device_map
 
     def load(self) -> LoadedModel:
-        return load_pretrained_dir(self.path, self.dtype, self.device, self.name)
+        return load_pretrained_dir(self.path, self.dtype, self.device, self.name,
+                                   device_map=self.device_map)
 
 
 class GGUFPackageModel:

@@ -125,3 +125,23 @@ def test_judge_endpoint_down_keeps_generations_and_marks_metrics(tmp_path):
     assert len(gens) == 3 and all(g["response"] is not None for g in gens)
     m = json.loads((d / "metrics.json").read_text())
     assert "unreachable" in m["evaluation_error"] and m["n"] == 3
+
+
+def test_model_spread_over_devices_is_one_clear_error():
+    """NPTI hooks and statistics keep per-layer tensors on one device: a model that
+    device_map spread over several is refused with one line, not a device-mismatch trace."""
+    from pkt.models import TinyRandomModel
+    from pkt.neurons.induce import Induction
+    from pkt.neurons.select import NeuronSet
+    from pkt.neurons.stats import collect_stats
+
+    lm = TinyRandomModel().load()
+    one = NeuronSet(torch.tensor([0]), torch.tensor([1]), torch.tensor([0.2]),
+                    torch.tensor([0.5]), torch.tensor([1.0]))
+    Induction(lm.model, one, one)  # one device: fine
+    lm.model.hf_device_map = {"model.layers.0": 0, "model.layers.1": 1}
+    with pytest.raises(PktError, match=r"neuron induction needs the model on one device; .* "
+                                       r"over 2 \(0, 1\) by model.device_map"):
+        Induction(lm.model, one, one)
+    with pytest.raises(PktError, match="neuron statistics needs the model on one device"):
+        collect_stats(lm.model, [([1, 2], [3, 4])], pad_id=0, progress=False)

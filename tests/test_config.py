@@ -39,6 +39,7 @@ def test_every_model_config_instantiates(model):
     cfg = compose_cfg([f"model={model}"])
     loader = instantiate(cfg.model)
     assert hasattr(loader, "load") and loader.name == model
+    assert getattr(loader, "device_map", None) is None  # one device unless asked otherwise
 
 
 def test_default_is_the_design_card_command():

@@ -33,6 +33,7 @@ from pkt.artifacts import ArtifactStore, key_hash, read_meta
 from pkt.generation import chat_prompt
 from pkt.methods import Method, RunContext
 from pkt.neurons import identify
+from pkt.neurons.sites import require_one_device
 
 log = logging.getLogger(__name__)
 
@@ -323,10 +324,7 @@ class LoraMethod(Method):
         """Train the attached adapter with a Lightning Trainer; restores the best val weights."""
         ctx, p = self.ctx, self.params
         model = ctx.lm.model
-        if len({str(d) for d in getattr(model, "hf_device_map", {}).values()}) > 1:
-            raise PktError("LoRA training needs the model on one device; this one is spread "
-                           "over several by device_map (use one GPU, or strategy=fsdp/ddp "
-                           "with a model loaded per process)")
+        require_one_device(model, "LoRA training")
         device = next(model.parameters()).device
         pad = ctx.lm.tokenizer.pad_token_id
         pad = 0 if pad is None else pad

@@ -19,7 +19,7 @@ import torch
 
 from pkt import PktError
 from pkt.neurons.select import NeuronSet
-from pkt.neurons.sites import neuron_sites, shape
+from pkt.neurons.sites import neuron_sites, require_one_device, shape
 
 
 def edit_amount(ns: NeuronSet, strength: float) -> torch.Tensor:
@@ -46,6 +46,7 @@ class Induction:
             raise PktError(f"method.strength must be a finite number >= 0, got {strength}")
         if not 0.0 < float(keep_prob) <= 1.0:
             raise PktError(f"method.keep_prob must be in (0, 1], got {keep_prob}")
+        require_one_device(model, "neuron induction")
         self.model = model
         self.n_layers, self.width = shape(model)
         check_fits(target, self.n_layers, self.width, "target neuron set")

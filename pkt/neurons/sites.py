@@ -81,6 +81,15 @@ def neuron_sites(model: torch.nn.Module) -> list[torch.nn.Module]:
     return sites
 
 
+def require_one_device(model: torch.nn.Module, what: str) -> None:
+    """One clear error when a model is spread over several devices by ``device_map``."""
+    devices = sorted({str(d) for d in (getattr(base_model(model), "hf_device_map", None) or {}).values()})
+    if len(devices) > 1:
+        raise PktError(f"{what} needs the model on one device; this one is spread over "
+                       f"{len(devices)} ({', '.join(devices)}) by model.device_map "
+                       f"(set model.device_map=null to load it on one GPU)")
+
+
 def mlp_width(model: torch.nn.Module) -> int:
     cfg = base_model(model).config
     for k in ("intermediate_size", "n_inner"):

@@ -16,7 +16,7 @@ import contextlib
 import torch
 from tqdm.auto import tqdm
 
-from pkt.neurons.sites import neuron_sites
+from pkt.neurons.sites import neuron_sites, require_one_device
 
 N_BINS = 301
 BIN_WIDTH = 0.01
@@ -78,6 +78,7 @@ def recording(model, stats: ActivationStats, state: dict):
 
     ``state['mask']`` is a bool [batch, seq] tensor set by the caller before each forward.
     """
+    require_one_device(model, "neuron statistics")
     handles = []
 
     def make(layer):
