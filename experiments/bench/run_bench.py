@@ -117,8 +117,7 @@ def paired(run_a, run_b, rounds: int) -> dict:
             ta.append(run_a())
     ratios = [a / b for a, b in zip(ta, tb)]
     return {"a_s": ta, "b_s": tb, "ratio": statistics.median(ratios),
-            "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "ratio_of_best": min(ta) / min(tb)}
+            "ratio_min": min(ratios), "ratio_max": max(ratios)}
 
 
 def edit_cost(ind: Induction, bs: int, device, reps: int = 200) -> float:
