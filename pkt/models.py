@@ -119,7 +119,7 @@ def load_pretrained_dir(path: str, dtype: torch.dtype, device: str, name: str,
 
     The model goes to one device unless ``device_map`` is given (e.g. "auto" to spread a
     model too large for one GPU over several; neuron statistics, neuron induction and LoRA
-    then refuse it, ActAdd and prompting work).
+    then refuse it; prompting and ActAdd are not tested that way).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -30,7 +30,7 @@ PERSONAS = {"high": ["You are curious and imaginative.",
 
 def _ctx(lm, root: Path, aspect: str = "high") -> RunContext:
     return openness_context(lm, QUESTIONS, PERSONAS, root, GenConfig(max_new_tokens=6, batch_size=3),
-                            aspect=aspect, cache_dir=root / "cache")
+                            aspect=aspect)
 
 
 def _by_hand(lm, ctx, layer: int, position: str) -> torch.Tensor:

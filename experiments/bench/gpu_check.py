@@ -32,15 +32,17 @@ from run_bench import (  # noqa: E402
     ROOT,
     alternating_batches,
     alternating_steps,
+    gen_time,
     machine,
     paired,
     random_set,
+    stats_pass,
 )
 
 from pkt.artifacts import write_json_atomic  # noqa: E402
 from pkt.neurons.induce import Induction  # noqa: E402
 from pkt.neurons.sites import shape  # noqa: E402
-from pkt.neurons.stats import ActivationStats, padded_batch, recording  # noqa: E402
+from pkt.neurons.stats import padded_batch  # noqa: E402
 
 SHAPES = {
     # Llama-3-8B: 32 layers x 14,336 MLP neurons = 458,752 neurons
@@ -60,40 +62,6 @@ def build(shape_name: str, device: torch.device, dtype: torch.dtype):
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype)
     return model.eval()
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-@torch.no_grad()
-def gen_time(model, ids, new_tokens):
-    attn = torch.ones_like(ids)
-    sync(ids.device)
-    t = time.perf_counter()
-    model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
-                   repetition_penalty=1.15, temperature=None, top_p=None, top_k=None)
-    sync(ids.device)
-    return time.perf_counter() - t
-
-
-@torch.no_grad()
-def stats_time(model, batches, record: bool):
-    L, N = shape(model)
-    device = next(model.parameters()).device
-    st = ActivationStats(L, N, device=device)
-    state: dict = {}
-    sync(device)
-    t = time.perf_counter()
-    with (recording(model, st, state) if record else torch.no_grad()):
-        for ids, attn, pos, count in batches:
-            state["mask"] = count
-            model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
-                  logits_to_keep=1)
-    sync(device)
-    return time.perf_counter() - t
 
 
 def main():
@@ -122,20 +90,20 @@ def main():
 
     for bs in (1, 8, 32):
         ids = torch.randint(10, vocab, (bs, 48), generator=g).to(device)
-        gen_time(model, ids, 4)
+        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        gen_time(model, enc, 0, 4)
         with ind.apply():
-            gen_time(model, ids, 4)
+            gen_time(model, enc, 0, 4)
 
         # decode steps, hooked and plain alternating inside each generate call
-        ps, hs = alternating_steps(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
-                                   0, ind, args.new_tokens, args.rounds)
+        ps, hs = alternating_steps(model, enc, 0, ind, args.new_tokens, args.rounds)
 
         # whole generate calls, with and without induction, in alternating pairs
-        def hooked(ids=ids):
+        def hooked(enc=enc):
             with ind.apply():
-                return gen_time(model, ids, args.new_tokens)
+                return gen_time(model, enc, 0, args.new_tokens)
 
-        r = paired(lambda ids=ids: gen_time(model, ids, args.new_tokens), hooked, args.rounds)
+        r = paired(lambda enc=enc: gen_time(model, enc, 0, args.new_tokens), hooked, args.rounds)
         tok = bs * args.new_tokens
         ratio = statistics.fmean(ps) / statistics.fmean(hs)
         res["generation"][str(bs)] = {
@@ -154,10 +122,10 @@ def main():
         return [padded_batch(seqs[i:i + bs], 0, device) for i in range(0, n_seqs, bs)]
 
     b = batches(32)
-    stats_time(model, b[:1], True)
-    stats_time(model, b[:1], False)
+    stats_pass(model, b[:1], True)
+    stats_pass(model, b[:1], False)
     plain, rec = alternating_batches(model, b, args.rounds)
-    ratio = statistics.median(a / b for a, b in zip(plain, rec))  # as in run_bench.py
+    ratio = statistics.median([p / q for p, q in zip(plain, rec)])  # as in run_bench.py
     res["statistics"] = {"counted_tokens": 32 * 128, "plain_s_per_pass": sum(plain) / args.rounds,
                          "recording_s_per_pass": sum(rec) / args.rounds, "ratio": ratio,
                          "ratio_of_sums": sum(plain) / sum(rec)}
@@ -170,7 +138,7 @@ def main():
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
-            stats_time(model, bm, True)
+            stats_pass(model, bm, True)
             mem.append({"mult": mult, "counted_tokens": 8 * mult * 128,
                         "peak_growth_mb": (torch.cuda.max_memory_allocated() - before) / 2**20})
             print(f"memory x{mult}: peak growth {mem[-1]['peak_growth_mb']:.0f} MB", flush=True)

@@ -8,10 +8,11 @@
 3. peak memory of the statistics pass at 1x, 4x and 16x the tokens (fresh processes);
 4. cold and cached wall time of `make run`'s command (unless --skip-run).
 
-Timings are paired: each round times the plain and the hooked variant back to back (the
-order alternates from round to round), and the reported ratio is the median of the
-per-round ratios, so a slow spell of the machine hits both sides of a pair. The spread
-(min and max of the per-round ratios) is reported with it.
+Timings are interleaved so that a slow spell of the machine hits both sides: generation
+switches the hooks on for every other decode step inside one ``generate`` call (ratio of
+the mean step times); the statistics pass times the plain and the recording forward of
+the same batch back to back (median of the per-batch ratios). Whole ``generate`` calls
+with and without induction, in alternating pairs, are recorded next to them.
 Results go to experiments/bench/results.json with a machine description and load average.
 """
 
@@ -90,15 +91,15 @@ def sync(dev):
 
 
 @torch.no_grad()
-def gen_time(lm, texts, new_tokens):
-    tok = lm.tokenizer
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
-    sync(lm.device)
+def gen_time(model, enc: dict, pad_id: int, new_tokens: int) -> float:
+    """Seconds for one greedy ``generate`` call of exactly ``new_tokens`` tokens."""
+    device = enc["input_ids"].device
+    sync(device)
     t = time.perf_counter()
-    lm.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                      repetition_penalty=1.15, pad_token_id=tok.pad_token_id, temperature=None,
-                      top_p=None, top_k=None)
-    sync(lm.device)
+    model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                   repetition_penalty=1.15, pad_token_id=pad_id, temperature=None, top_p=None,
+                   top_k=None)
+    sync(device)
     return time.perf_counter() - t
 
 
@@ -202,25 +203,25 @@ def bench_generation(lm, n_neurons: int, batch_sizes=(1, 8, 32), new_tokens=32, 
     L, N = shape(lm.model)
     ind = Induction(lm.model, random_set(L, N, n_neurons, 0), random_set(L, N, n_neurons, 1),
                     strength=1.0, keep_prob=0.9, seed=0)
+    pad = lm.tokenizer.pad_token_id
     out = {}
     for bs in batch_sizes:
         texts = [chat_prompt(lm.tokenizer, prompts.neutral(q)) for q in questions(bs)]
-        gen_time(lm, texts, 4)  # warm-up
+        enc = dict(lm.tokenizer(texts, return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(lm.device))
+        gen_time(lm.model, enc, pad, 4)  # warm-up
         with ind.apply():
-            gen_time(lm, texts, 4)
+            gen_time(lm.model, enc, pad, 4)
         # 1. decode steps, hooked and plain alternating inside each generate call
-        enc = lm.tokenizer(texts, return_tensors="pt", padding=True,
-                           add_special_tokens=False).to(lm.device)
-        ps, hs = alternating_steps(lm.model, dict(enc), lm.tokenizer.pad_token_id, ind,
-                                   step_tokens, step_rounds)
+        ps, hs = alternating_steps(lm.model, enc, pad, ind, step_tokens, step_rounds)
         step_ratio = statistics.fmean(ps) / statistics.fmean(hs)
 
         # 2. whole generate calls, with and without induction, in alternating pairs
-        def hooked(texts=texts):
+        def hooked(enc=enc):
             with ind.apply():
-                return gen_time(lm, texts, new_tokens)
+                return gen_time(lm.model, enc, pad, new_tokens)
 
-        r = paired(lambda texts=texts: gen_time(lm, texts, new_tokens), hooked, rounds)
+        r = paired(lambda enc=enc: gen_time(lm.model, enc, pad, new_tokens), hooked, rounds)
         tokens = bs * new_tokens
         step = statistics.fmean(ps)
         cost = edit_cost(ind, bs, lm.device)
@@ -255,22 +256,27 @@ def sequences(lm, n, resp_len=64, seed=0):
     return out
 
 
+def batched(lm, seqs, batch_size: int = 8) -> list[tuple]:
+    """``padded_batch`` tuples (ids, attention mask, positions, counted mask) for ``seqs``."""
+    return [padded_batch(seqs[i : i + batch_size], lm.tokenizer.pad_token_id, lm.device)
+            for i in range(0, len(seqs), batch_size)]
+
+
 @torch.no_grad()
-def stats_pass(lm, seqs, batch_size, record: bool):
-    L, N = shape(lm.model)
-    st = ActivationStats(L, N, device=lm.device)
-    state = {}
-    batches = [padded_batch(seqs[i : i + batch_size], lm.tokenizer.pad_token_id, lm.device)
-               for i in range(0, len(seqs), batch_size)]
-    sync(lm.device)
+def stats_pass(model, batches, record: bool, stats: ActivationStats | None = None) -> float:
+    """Seconds for one teacher-forced pass over ``batches``, recording statistics (into
+    ``stats``, or a fresh state made before the clock starts) or not."""
+    device = next(model.parameters()).device
+    st = stats if stats is not None or not record else ActivationStats(*shape(model), device=device)
+    state: dict = {}
+    sync(device)
     t = time.perf_counter()
-    ctx = recording(lm.model, st, state) if record else torch.no_grad()
-    with ctx:
+    with (recording(model, st, state) if record else contextlib.nullcontext()):
         for ids, attn, pos, count in batches:
             state["mask"] = count
-            lm.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
-                     logits_to_keep=1)
-    sync(lm.device)
+            model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
+                  logits_to_keep=1)
+    sync(device)
     return time.perf_counter() - t
 
 
@@ -281,40 +287,24 @@ def alternating_batches(model, batches, rounds):
 
     ``batches``: ``padded_batch`` tuples (ids, attention mask, positions, counted mask).
     """
-    L, N = shape(model)
-    device = next(model.parameters()).device
-    st = ActivationStats(L, N, device=device)
-    state: dict = {}
-
-    def one(batch, record):
-        ids, attn, pos, count = batch
-        state["mask"] = count
-        sync(device)
-        t = time.perf_counter()
-        with (recording(model, st, state) if record else contextlib.nullcontext()):
-            model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
-                  logits_to_keep=1)
-        sync(device)
-        return time.perf_counter() - t
-
+    st = ActivationStats(*shape(model), device=next(model.parameters()).device)
     plain, rec = [], []
     for r in range(rounds):
         for i, b in enumerate(batches):
             if (r + i) % 2 == 0:
-                plain.append(one(b, False))
-                rec.append(one(b, True))
+                plain.append(stats_pass(model, [b], False))
+                rec.append(stats_pass(model, [b], True, st))
             else:
-                rec.append(one(b, True))
-                plain.append(one(b, False))
+                rec.append(stats_pass(model, [b], True, st))
+                plain.append(stats_pass(model, [b], False))
     return plain, rec
 
 
 def bench_stats(lm, n_seqs=32, batch_size=8, rounds=8):
     seqs = sequences(lm, n_seqs)
-    stats_pass(lm, seqs[:batch_size], batch_size, True)  # warm-up
-    stats_pass(lm, seqs[:batch_size], batch_size, False)
-    batches = [padded_batch(seqs[i : i + batch_size], lm.tokenizer.pad_token_id, lm.device)
-               for i in range(0, len(seqs), batch_size)]
+    batches = batched(lm, seqs, batch_size)
+    stats_pass(lm.model, batches[:1], True)  # warm-up
+    stats_pass(lm.model, batches[:1], False)
     plain, rec = alternating_batches(lm.model, batches, rounds)
     # a pair is the same batch, plain then recording (or the reverse) back to back: its
     # ratio cancels the machine's slow spells; the median over all pairs is not moved by
@@ -361,12 +351,13 @@ class PeakRSS:
 def memory_child(model: str, mult: int) -> None:
     lm = load(model)
     seqs = sequences(lm, 8 * mult)
-    stats_pass(lm, seqs[:8], 8, True)  # warm-up: allocator pools, lazy init
-    stats_pass(lm, seqs[:8], 8, False)
+    batches = batched(lm, seqs)
+    stats_pass(lm.model, batches[:1], True)  # warm-up: allocator pools, lazy init
+    stats_pass(lm.model, batches[:1], False)
     with PeakRSS() as plain:
-        stats_pass(lm, seqs, 8, False)
+        stats_pass(lm.model, batches, False)
     with PeakRSS() as rec:
-        stats_pass(lm, seqs, 8, True)
+        stats_pass(lm.model, batches, True)
     L, N = shape(lm.model)
     state_mb = ActivationStats(L, N).hist.numel() * 8 / 2**20
     print(json.dumps({"mult": mult, "counted_tokens": sum(len(r) for _, r in seqs),

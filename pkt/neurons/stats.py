@@ -35,7 +35,7 @@ class ActivationStats:
         if acts.shape[0] == 0:
             return
         # bin = ceil(100 a) clamped to [0, 300]: a <= 0 lands in bin 0, a in (0, 0.01] in
-        # bin 1, a > 2.99 in the open last bin. Three elementwise passes and one bincount.
+        # bin 1, a > 2.99 in the open last bin. Five elementwise ops and one bincount.
         b = torch.mul(acts.float(), 1.0 / BIN_WIDTH).clamp_(0, N_BINS - 1).ceil_()
         b = b.to(torch.int32).add_(self._offsets)
         self.hist[layer] += torch.bincount(b.view(-1), minlength=self.width * N_BINS)
