@@ -87,11 +87,20 @@ def trait_title(trait: str) -> str:
     return t
 
 
+def check_data_folder(root: Path) -> None:
+    """``data.path`` must be an existing folder (not a file: a common slip is to give one of
+    the JSON files inside it)."""
+    if root.is_file():
+        raise PktError(f"data folder {root} is a file, not a folder (data.path names the "
+                       f"folder that holds search/, test/ and description.json)")
+    if not root.is_dir():
+        raise PktError(f"data folder not found: {root}")
+
+
 def load_bench(path: str, trait: str, n_search: int | None = None, n_test: int | None = None,
                seed: int = 0) -> Bench:
     root = Path(path)
-    if not root.is_dir():
-        raise PktError(f"data folder not found: {root}")
+    check_data_folder(root)
     title = trait_title(trait)
     search_f, test_f, desc_f = (root / "search" / f"{title}.json", root / "test" / f"{title}.json",
                                 root / "description.json")
