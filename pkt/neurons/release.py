@@ -8,6 +8,7 @@ the ``_reversed`` name the low aspect's.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from pkt import PktError
@@ -33,6 +34,45 @@ def export_release(folder: str | Path, title: str, sets: dict[str, NeuronSet]) -
     return out
 
 
+ROW = ("layer", "index", "diff", "prob", "p95")
+
+
+def _number(v) -> float | None:
+    """A JSON number (or a numeric string, which the format has always accepted) as a
+    finite float; None for anything else (text, bool, null, nan, inf)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            return None
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _whole(v) -> int | None:
+    x = _number(v)
+    return int(x) if x is not None and x.is_integer() else None
+
+
+def _check_row(r, where: str, layer: int) -> list:
+    """One ``[layer, index, diff, prob, p95]`` row, checked field by field."""
+    if not isinstance(r, list) or len(r) < 5:
+        raise PktError(f"{where}: {r!r} is not [layer, index, diff, prob, p95]")
+    out = []
+    for name, v in zip(ROW, r[:5]):
+        x = _whole(v) if name in ("layer", "index") else _number(v)
+        if x is None:
+            kind = "a whole number" if name in ("layer", "index") else "a finite number"
+            raise PktError(f"{where}: {name} {v!r} is not {kind} (row {r!r})")
+        out.append(x)
+    if out[0] != layer:
+        raise PktError(f"{where}: row {r!r} is filed under another layer")
+    return out
+
+
 def import_release(folder: str | Path, title: str, n_layers: int | None = None,
                    width: int | None = None) -> dict[str, NeuronSet]:
     folder = Path(folder)
@@ -51,14 +91,13 @@ def import_release(folder: str | Path, title: str, n_layers: int | None = None,
             raise PktError(f"{p}: expected an object mapping layer -> rows")
         rows = []
         for key, lst in data.items():
+            layer = _whole(key)
+            if layer is None:
+                raise PktError(f"{p}: layer key '{key}' is not a layer number")
             if not isinstance(lst, list):
                 raise PktError(f"{p}: layer '{key}' does not hold a list of rows")
-            for r in lst:
-                if not isinstance(r, list) or len(r) < 5:
-                    raise PktError(f"{p}: layer '{key}': row {r!r} is not [layer, index, diff, prob, p95]")
-                if str(int(r[0])) != str(int(key)):
-                    raise PktError(f"{p}: row {r!r} filed under layer '{key}'")
-                rows.append(r)
+            for j, r in enumerate(lst, 1):
+                rows.append(_check_row(r, f"{p}: layer '{key}', row {j}", layer))
         ns = NeuronSet.from_rows(rows)
         if n_layers is not None and width is not None:
             check_fits(ns, n_layers, width, str(p))
