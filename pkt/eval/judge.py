@@ -231,7 +231,7 @@ class OpenAIJudge:
     def __init__(self, model: str, base_url: str, api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 128, timeout: float = 30.0,
                  max_retries: int = 4, backoff: float = 1.0, concurrency: int = 4,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, preflight: bool = True):
         if not model or not str(model).strip():
             raise PktError("judge.model must name the judge model")
         if not base_url or not str(base_url).strip():
@@ -256,6 +256,8 @@ class OpenAIJudge:
         self.backoff = max(0.0, float(backoff))
         self.concurrency = int(concurrency)
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        # the runner calls check_endpoint() before loading data and model when this is set
+        self.preflight = bool(preflight)
         if parsed.hostname in _LOOPBACK:  # a local server is never reached through a proxy
             self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         else:
@@ -363,6 +365,64 @@ class OpenAIJudge:
             raise _Failure("malformed", "malformed response", False)
         return text
 
+    def check_endpoint(self) -> None:
+        """One cheap request before any real work: ``GET {base_url}/models`` (free on paid
+        APIs, served by vLLM, llama.cpp and Ollama alike), with the key if one is set.
+
+        * no answer at all (connection refused, host not found, timeout): the endpoint is
+          down, a :class:`PktError`;
+        * HTTP 401 / 403: something listens but refuses the key, which every rating request
+          would meet too, a :class:`PktError`;
+        * any other HTTP status (404, 405, 5xx: a server without ``/models``, a busy one) or
+          a body that is not JSON: something listens, so the run goes on with a warning; the
+          ratings themselves decide (a judge that fails on every answer fails the run).
+
+        ``eval.judge.preflight=false`` skips the check (the run's own ratings still fail
+        loudly when the endpoint is down by then).
+        """
+        url = f"{self.base_url}/models"
+        headers = {k: v for k, v in self._headers().items() if k != "Content-Type"}
+        req = urllib.request.Request(url, headers=headers, method="GET")
+        skip = "eval.judge.preflight=false skips this check"
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                payload = resp.read(1 << 20)
+        except urllib.error.HTTPError as e:
+            status = e.code
+            with contextlib.suppress(Exception):
+                e.close()
+            if status in (401, 403):
+                raise PktError(f"judge endpoint {self.base_url} answered HTTP {status} to "
+                               f"GET /models (check the API key in ${self.api_key_env}; "
+                               f"{skip})") from None
+            log.warning("judge endpoint %s answered HTTP %d to GET /models; going on (the "
+                        "ratings will show whether it serves chat completions)",
+                        self.base_url, status)
+            return
+        except http.client.HTTPException as e:
+            if not isinstance(e, ConnectionError):
+                raise PktError(f"judge endpoint {self.base_url} did not answer in HTTP "
+                               f"({type(e).__name__}) to GET /models ({skip})") from None
+            kind, text = _os_reason(e)
+            raise PktError(f"judge endpoint {self.base_url} is unreachable ({text}); checked "
+                           f"before loading data and model ({skip})") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = e.reason if isinstance(e, urllib.error.URLError) else e
+            if isinstance(reason, BaseException):
+                kind, text = _os_reason(reason)
+            else:
+                kind, text = "connection", str(reason)[:80]
+            if kind == "timeout":
+                text = f"timed out after {self.timeout:g} s"
+            raise PktError(f"judge endpoint {self.base_url} is unreachable ({text}); checked "
+                           f"before loading data and model ({skip})") from None
+        try:
+            json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            log.warning("judge endpoint %s answered GET /models with something that is not "
+                        "JSON; is judge.base_url the API root (e.g. http://host:8000/v1)?",
+                        self.base_url)
+
     def _delay(self, attempt: int, failure: _Failure) -> float:
         if failure.retry_after is not None:
             return failure.retry_after
@@ -421,6 +481,7 @@ class OpenAIJudge:
     def _run(self, pairs, pending, results, rubric, trait, facets, progress) -> None:
         state = {"reached": False, "abort": False}
         failures: list[_Failure] = []
+        none_cached = all(r is None for r in results)
 
         def one(key: str, i: int):
             q, r = pairs[i]
@@ -446,14 +507,15 @@ class OpenAIJudge:
                 bar.update(1)
         bar.close()
         if len(failures) == len(pending):
-            self._raise_if_down(failures)
+            self._raise_if_down(failures, none_cached)
         elif failures:
             log.warning("judge: %d of %d requests failed (%s); their ratings are None",
                         len(failures), len(pending),
                         Counter(f.reason for f in failures).most_common(1)[0][0])
 
-    def _raise_if_down(self, failures: list[_Failure]) -> None:
-        """Every request failed: a down endpoint or a client error is one clear error."""
+    def _raise_if_down(self, failures: list[_Failure], none_cached: bool = True) -> None:
+        """Every request failed: a down endpoint or a client error is one clear error, and
+        so is any other failure when no item got a rating from the cache either."""
         real = [f for f in failures if f.kind != "skipped"]
         if not real:
             return
@@ -473,6 +535,15 @@ class OpenAIJudge:
                     400: f"check judge.model '{self.model}' and the request settings"}[status]
             raise PktError(f"judge endpoint {self.base_url} answered HTTP {status} to every "
                            f"request ({hint})")
+        if not none_cached:
+            return  # some items were answered before (cache): a re-run asking for the rest
+        # anything else that failed everywhere (HTML or other non-JSON 200s, 5xx after all
+        # retries, mixed): no rating at all is a failed judge, never a silent null score
+        reason = Counter(f.reason for f in real).most_common(1)[0][0]
+        n = len(failures)
+        raise PktError(f"judge endpoint {self.base_url} failed on every request ({n} of {n}: "
+                       f"{reason}); check judge.base_url (the API root of an OpenAI-compatible "
+                       f"server) and judge.model '{self.model}'")
 
 
 # ---------------------------------------------------------------------------------------
