@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections import Counter
 
 from pkt import PktError
 
@@ -20,6 +21,20 @@ def summary(values) -> dict | None:
         return None
     return {"mean": statistics.fmean(v), "sd": statistics.pstdev(v) if len(v) > 1 else 0.0,
             "n": len(v), "missing": sum(x is None for x in values)}
+
+
+def check_judged(res: list[dict], rubric: str) -> None:
+    """No rating for any answer fails the run; some missing is a warning with the count."""
+    errors = [x["error"] for x in res if x["error"] is not None]
+    if not errors:
+        return
+    reason = Counter(errors).most_common(1)[0][0]
+    if len(errors) == len(res):
+        raise PktError(f"the judge gave no {rubric} rating for any of the {len(res)} answers "
+                       f"({reason})")
+    log.warning("judge: %d of %d answers got no %s rating (%s); the %s score averages the "
+                "other %d", len(errors), len(res), rubric, reason, rubric,
+                len(res) - len(errors))
 
 
 class NoEvaluation:
@@ -70,6 +85,7 @@ class Evaluation:
         else:
             res = self.judge.rate(items, "trait", trait=trait, facets=facets,
                                   progress=ctx.progress)
+            check_judged(res, "trait")
             scores = [x["rating"] for x in res]
             m["trait_scorer"] = "judge:" + self.judge.describe().get("model", "?")
             m["judge_errors"] = sum(x["error"] is not None for x in res)
@@ -79,6 +95,7 @@ class Evaluation:
         m["fluency"] = None
         if self.judge is not None:
             res = self.judge.rate(items, "fluency", progress=ctx.progress)
+            check_judged(res, "fluency")
             for r, x in zip(records, res):
                 r["fluency"] = x["rating"]
             m["fluency"] = summary([x["rating"] for x in res])
