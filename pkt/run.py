@@ -1,6 +1,6 @@
 """The runner: ``python -m pkt.run method=neuron trait=agreeableness [overrides]``.
 
-compose -> bench -> model -> method.prepare() -> method.respond(test questions) ->
+compose -> validate (pkt.validation: config values, judge endpoint) -> bench -> model -> method.prepare() -> method.respond(test questions) ->
 evaluators -> generations.jsonl + metrics.json + run_info.json (+ a W&B run).
 """
 
@@ -28,6 +28,7 @@ from pkt import CONF_DIR, PktError
 from pkt.artifacts import write_json_atomic, write_text_atomic
 from pkt.generation import GenConfig
 from pkt.methods import RunContext
+from pkt.validation import validate
 
 log = logging.getLogger("pkt.run")
 
@@ -141,6 +142,8 @@ def run(cfg: DictConfig) -> dict:
         probe.unlink()
     except OSError as e:
         raise PktError(f"output folder is not writable: {run_dir} ({e.strerror})") from None
+    # every value checkable without data or model (and the judge endpoint), before any work
+    validate(cfg)
     seed_everything(int(cfg.seed))
     label = cfg.method.name + (f"_{cfg.method.variant}" if "variant" in cfg.method else "")
     tracker = build_tracker(cfg, run_dir, label)
