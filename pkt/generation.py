@@ -76,50 +76,214 @@ def strip_response(ids: list[int], eos: set[int], pad_id: int | None) -> list[in
     return out
 
 
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], gen: GenConfig, desc: str = "generate",
-             progress: bool = True, stats: GenStats | None = None) -> list[Generation]:
-    """Greedy generation for chat-formatted ``prompts`` in left-padded batches.
+# -- the decoding engine -------------------------------------------------------------------
 
-    Prompts are grouped by length (fewer pad tokens) and returned in input order.
+MIN_SHARED = 8  # a prompt prefix shared by fewer tokens is not worth its own forward pass
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def prefix_groups(rows: list[list[int]]) -> list[tuple[int, int, int]]:
+    """Split consecutive ``rows`` into groups that share a prompt prefix.
+
+    Returns ``(start, end, prefix_len)`` triples covering ``rows`` in order. The split
+    maximises the prompt tokens not recomputed, ``(size - 1) * prefix_len`` summed over the
+    groups (dynamic programming over the rows); a prefix always leaves at least two tokens
+    of every row for the batched pass (so that pass is never mistaken for a decode step),
+    and one of fewer than ``MIN_SHARED`` tokens is not shared.
+    """
+    n = len(rows)
+    adj = [_lcp(rows[i - 1], rows[i]) for i in range(1, n)]
+    best = [0] * (n + 1)
+    cut: list[tuple[int, int]] = [(0, 0)] * (n + 1)
+    for i in range(1, n + 1):
+        best[i], cut[i] = best[i - 1], (i - 1, 0)
+        lcp, shortest = len(rows[i - 1]), len(rows[i - 1])
+        for j in range(i - 2, -1, -1):  # group rows j .. i-1
+            lcp = min(lcp, adj[j])
+            shortest = min(shortest, len(rows[j]))
+            p = min(lcp, shortest - 2)
+            if p < MIN_SHARED:
+                break
+            gain = best[j] + (i - j - 1) * p
+            if gain > best[i]:
+                best[i], cut[i] = gain, (j, p)
+    out = []
+    i = n
+    while i > 0:
+        j, p = cut[i]
+        out.append((j, i, p))
+        i = j
+    return out[::-1]
+
+
+def _repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The usual rule: a seen token's logit is divided by ``penalty`` if > 0, else multiplied."""
+    if penalty == 1.0:
+        return logits
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def _prefill(model, rows: list[list[int]], device, positions: dict | None):
+    """KV cache, attention mask and last position ids of a batch of prompts.
+
+    Rows that share a prefix (:func:`prefix_groups`) get its keys and values from one
+    forward pass of the prefix alone; the rest of every row then goes through one batched
+    pass on top of that cache. Prefixes and rests are left padded, so the attention mask
+    has zeros at both paddings; position ids count real tokens only. Returns the logits of
+    each row's last prompt position too.
+    """
+    from transformers import DynamicCache
+
+    groups = prefix_groups(rows)
+    pmax = max(p for _s, _e, p in groups)
+    cfg = model.config
+    kv: list[list[torch.Tensor]] | None = None
+    B = len(rows)
+    pre_mask = torch.zeros(B, pmax, dtype=torch.long)
+    if pmax > 0:
+        for s, e, p in groups:
+            if p == 0:
+                continue
+            ids = torch.tensor([rows[s][:p]], dtype=torch.long, device=device)
+            if positions is not None:
+                positions["mask"] = torch.zeros_like(ids, dtype=torch.bool)
+            cache = DynamicCache(config=cfg)
+            model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+            layers = [(k, v) for k, v, *_ in cache]
+            if kv is None:
+                kv = [[torch.zeros((B, *k.shape[1:2], pmax, k.shape[-1]), dtype=k.dtype, device=k.device),
+                       torch.zeros((B, *v.shape[1:2], pmax, v.shape[-1]), dtype=v.dtype, device=v.device)]
+                      for k, v in layers]
+            for (k, v), slot in zip(layers, kv):
+                slot[0][s:e, :, pmax - p:] = k
+                slot[1][s:e, :, pmax - p:] = v
+            pre_mask[s:e, pmax - p:] = 1
+    rests = [rows[i][p:] for s, e, p in groups for i in range(s, e)]
+    smax = max(len(r) for r in rests)
+    ids = torch.zeros(B, smax, dtype=torch.long)
+    rest_mask = torch.zeros(B, smax, dtype=torch.long)
+    for b, r in enumerate(rests):
+        ids[b, smax - len(r):] = torch.tensor(r, dtype=torch.long)
+        rest_mask[b, smax - len(r):] = 1
+    mask = torch.cat([pre_mask, rest_mask], 1).to(device)
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)[:, pmax:]
+    cache = DynamicCache(ddp_cache_data=[tuple(x) for x in kv], config=cfg) if kv else \
+        DynamicCache(config=cfg)
+    if positions is not None:  # the last prompt position produces the first generated token
+        m = torch.zeros(B, smax, dtype=torch.bool, device=device)
+        m[:, -1] = True
+        positions["mask"] = m
+    out = model(input_ids=ids.to(device), attention_mask=mask, position_ids=pos, cache=cache,
+                use_cache=True, logits_to_keep=1)
+    return cache, mask, pos[:, -1:], out.logits[:, -1]
+
+
+@torch.no_grad()
+def decode_batch(model, rows: list[list[int]], gen: GenConfig, eos: set[int],
+                 positions: dict | None = None) -> list[list[int]]:
+    """Greedy decoding of one batch of prompt ids; returns each row's generated ids.
+
+    A row stops at its first EOS (kept) or after ``gen.max_new_tokens``; finished rows
+    leave the batch (their cache rows are dropped), so later steps cost less. With
+    ``positions`` (a dict), ``positions['mask']`` marks before every forward pass the
+    positions that produce a generated token: the last prompt position at prefill, every
+    row at a decode step (all rows in the batch are still generating), nothing while a
+    shared prefix is computed.
     """
     device = next(model.parameters()).device
+    cache, mask, pos, logits = _prefill(model, rows, device, positions)
+    B = len(rows)
+    vocab = logits.shape[-1]
+    seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
+    for b, r in enumerate(rows):
+        seen[b, torch.tensor([t for t in r if t < vocab], dtype=torch.long, device=device)] = True
+    eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=device)
+    alive = torch.arange(B, device=device)  # original row of each batch row
+    outs: list[list[int]] = [[] for _ in range(B)]
+    for step in range(gen.max_new_tokens):
+        nxt = _repetition_penalty(logits.float(), seen, gen.repetition_penalty).argmax(-1)
+        for b, t in zip(alive.tolist(), nxt.tolist()):
+            outs[b].append(t)
+        if step == gen.max_new_tokens - 1:
+            break
+        seen[torch.arange(len(nxt), device=device), nxt] = True
+        done = torch.isin(nxt, eos_t)
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            alive, nxt, mask, pos, seen = alive[keep], nxt[keep], mask[keep], pos[keep], seen[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+        pos = pos + 1
+        if positions is not None:
+            positions["mask"] = torch.ones(len(alive), 1, dtype=torch.bool, device=device)
+        logits = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos,
+                       cache=cache, use_cache=True).logits[:, -1]
+    if positions is not None:
+        positions["mask"] = None
+    return outs
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], gen: GenConfig, desc: str = "generate",
+             progress: bool = True, stats: GenStats | None = None,
+             positions: dict | None = None, engine: str = "pkt") -> list[Generation]:
+    """Greedy generation for chat-formatted ``prompts``, returned in input order.
+
+    ``engine="pkt"`` (default) is :func:`decode_batch`: prompts sorted by their token ids
+    so that rows sharing a prefix (a persona description, an instruction) sit in the same
+    batch and compute it once, finished rows dropped from the batch, and, with
+    ``positions``, the generated-token positions marked for a recording hook.
+    ``engine="hf"`` is transformers' ``generate`` on left-padded batches (the reference
+    the engine is tested against; it penalises padding tokens as repeats, the engine does
+    not).
+    """
+    if engine not in ("pkt", "hf"):
+        raise ValueError(f"unknown engine {engine!r}")
+    if positions is not None and engine != "pkt":
+        raise ValueError("recording positions needs engine='pkt'")
+    device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: ids[i] if engine == "pkt" else len(ids[i]))
     results: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="q")
     for start in range(0, len(order), gen.batch_size):
         idx = order[start : start + gen.batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
         t0 = time.perf_counter()
-        out = model.generate(
-            **enc,
-            max_new_tokens=gen.max_new_tokens,
-            do_sample=False,
-            repetition_penalty=gen.repetition_penalty,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(eos),
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
+        if engine == "pkt":
+            outs = decode_batch(model, [ids[i] for i in idx], gen, eos, positions)
+        else:
+            outs = _hf_batch(model, tokenizer, [prompts[i] for i in idx], gen, eos, device)
         dt = time.perf_counter() - t0
-        plen = enc["input_ids"].shape[1]
         n_new = 0
-        for row, i in enumerate(idx):
-            resp = strip_response(out[row, plen:].tolist(), eos, tokenizer.pad_token_id)
+        for i, out in zip(idx, outs):
+            resp = strip_response(out, eos, tokenizer.pad_token_id)
             n_new += len(resp)
-            pids = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
-            results[i] = Generation(
-                text=tokenizer.decode(resp, skip_special_tokens=True).strip(),
-                prompt_ids=pids,
-                response_ids=resp,
-            )
+            results[i] = Generation(text=tokenizer.decode(resp, skip_special_tokens=True).strip(),
+                                    prompt_ids=list(ids[i]), response_ids=resp)
         if stats is not None:
             stats.tokens += n_new
             stats.seconds += dt
+            stats.per_batch.append((len(idx), n_new, dt))
         bar.update(len(idx))
         bar.set_postfix(tok_s=f"{n_new / dt:.0f}" if dt > 0 else "-")
     bar.close()
     return results  # type: ignore[return-value]
+
+
+def _hf_batch(model, tokenizer, texts: list[str], gen: GenConfig, eos: set[int], device):
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    out = model.generate(**enc, max_new_tokens=gen.max_new_tokens, do_sample=False,
+                         repetition_penalty=gen.repetition_penalty,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos),
+                         temperature=None, top_p=None, top_k=None)
+    return out[:, enc["input_ids"].shape[1]:].tolist()

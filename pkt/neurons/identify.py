@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from pkt import prompts
-from pkt.artifacts import ArtifactStore
+from tqdm.auto import tqdm
+
+from pkt import PktError, prompts
+from pkt.artifacts import ArtifactStore, key_hash, write_json_atomic
 from pkt.bench import Bench
 from pkt.generation import GenConfig, GenStats, chat_prompt, generate
 from pkt.models import LoadedModel
-from pkt.neurons.stats import collect_stats
+from pkt.neurons.sites import shape
+from pkt.neurons.stats import ActivationStats, recording
 
 log = logging.getLogger(__name__)
 
 ASPECTS = ("high", "low")
-STATS_VERSION = 2  # 2: histogram bins closed on the right, counts read off the histogram
+STATS_VERSION = 3  # 2: bins closed on the right; 3: recorded during generation (pkt engine)
 
 
 def stats_key(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig) -> dict:
@@ -45,26 +50,111 @@ def roleplay_prompts(lm: LoadedModel, bench: Bench, aspect: str, seed: int) -> l
             for i, r in enumerate(bench.search)]
 
 
+CHUNK_BATCHES = 2  # persona-answer batches per checkpoint
+
+
+class Interrupted(PktError):
+    """Identification stopped by the user (Ctrl-C) or a signal; the chunks done are kept."""
+
+
+def _checkpoint_dir(store: ArtifactStore, key: dict) -> Path:
+    return store.root / "partial" / key_hash(key)
+
+
+def _load_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats) -> list[dict]:
+    """Restore one aspect's histogram and answers from ``ck``; returns the answers done."""
+    meta_f = ck / f"{aspect}.json"
+    if not meta_f.is_file():
+        return []
+    try:
+        meta = json.loads(meta_f.read_text())
+        if meta.get("key") != json.loads(json.dumps(key, default=str)):
+            return []
+        t = load_file(str(ck / f"{aspect}.safetensors"))
+        stats.hist.copy_(t["hist"].to(stats.hist.device, torch.int64).view_as(stats.hist))
+        stats.tokens = int(meta["tokens"])
+        return list(meta["done"])
+    except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError):
+        log.warning("ignoring an unreadable identification checkpoint in %s", ck)
+        stats.hist.zero_()
+        stats.tokens = 0
+        return []
+
+
+def _save_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats,
+                     done: list[dict]) -> None:
+    """Histogram first, then the answers that it covers (each file replaced atomically)."""
+    ck.mkdir(parents=True, exist_ok=True)
+    tmp = ck / f".{aspect}.safetensors.tmp"
+    # counts per bin stay far below 2**31 for any realistic search split
+    save_file({"hist": stats.hist.to(torch.int32).cpu()}, str(tmp))
+    os.replace(tmp, ck / f"{aspect}.safetensors")
+    write_json_atomic(ck / f"{aspect}.json", {"key": key, "tokens": stats.tokens, "done": done})
+
+
 def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
-                       progress: bool = True, gen_stats: GenStats | None = None) -> dict:
-    """Generate persona answers for both aspects and gather P(a > 0) and p95 per neuron."""
+                       progress: bool = True, gen_stats: GenStats | None = None,
+                       checkpoint: Path | None = None, key: dict | None = None) -> dict:
+    """Generate persona answers for both aspects and gather P(a > 0) and p95 per neuron.
+
+    The activations are recorded while the answers are generated: at each forward pass the
+    positions that produce a generated token (the last prompt position, then every decode
+    step of a row that is still generating) go into the streaming histogram, the same
+    values a teacher-forced pass over prompt + answer would see (npti.md), without that
+    second pass. Work goes in chunks of ``CHUNK_BATCHES`` batches of the prompts in the
+    engine's order; with ``checkpoint`` each finished chunk is saved there (histogram and
+    answers), and a later call with the same key resumes after the last saved chunk, with
+    the same result as an uninterrupted run (integer counts add up exactly, and the
+    batches are the same).
+    """
     out: dict = {"responses": []}
+    n_layers, width = shape(lm.model)
+    device = next(lm.model.parameters()).device
     for aspect in ASPECTS:
         texts = roleplay_prompts(lm, bench, aspect, seed)
-        gens = generate(lm.model, lm.tokenizer, texts, gen, desc=f"persona answers ({aspect})",
-                        progress=progress, stats=gen_stats)
-        st = collect_stats(lm.model, [(g.prompt_ids, g.response_ids) for g in gens],
-                           lm.tokenizer.pad_token_id, batch_size=gen.batch_size,
-                           progress=progress, desc=f"neuron statistics ({aspect})")
-        out[f"{aspect}.prob"] = st.prob().cpu()
-        out[f"{aspect}.p95"] = st.percentile(0.95).cpu()
-        out[f"{aspect}.counts"] = st.counts.cpu()
-        out[f"{aspect}.tokens"] = st.tokens
-        for i, (r, g) in enumerate(zip(bench.search, gens)):
+        ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: ids[i])  # the engine's own order
+        stats = ActivationStats(n_layers, width, device=device)
+        done = _load_checkpoint(checkpoint, key, aspect, stats) if checkpoint else []
+        answers: dict[int, dict] = {d["i"]: d for d in done}
+        if answers:
+            log.info("resuming identification (%s): %d of %d persona answers kept", aspect,
+                     len(answers), len(texts))
+        chunk = max(1, CHUNK_BATCHES * gen.batch_size)
+        todo = [i for i in order if i not in answers]
+        bar = tqdm(total=len(texts), initial=len(answers), desc=f"persona answers ({aspect})",
+                   disable=not progress, unit="q")
+        state: dict = {}
+        try:
+            for s in range(0, len(todo), chunk):
+                part = todo[s : s + chunk]
+                with recording(lm.model, stats, state, count_tokens=True):
+                    gens = generate(lm.model, lm.tokenizer, [texts[i] for i in part], gen,
+                                    progress=False, stats=gen_stats, positions=state)
+                for i, g in zip(part, gens):
+                    answers[i] = {"i": i, "text": g.text, "prompt_ids": g.prompt_ids,
+                                  "response_ids": g.response_ids}
+                if checkpoint is not None:
+                    _save_checkpoint(checkpoint, key, aspect, stats,
+                                     [answers[i] for i in order if i in answers])
+                bar.update(len(part))
+        except KeyboardInterrupt:
+            bar.close()
+            raise Interrupted(
+                f"interrupted: kept {len(answers)} of {len(texts)} persona answers ({aspect}) "
+                + (f"in {checkpoint}; run the same command again to resume" if checkpoint
+                   else "(no checkpoint folder: nothing kept)")) from None
+        bar.close()
+        out[f"{aspect}.prob"] = stats.prob().cpu()
+        out[f"{aspect}.p95"] = stats.percentile(0.95).cpu()
+        out[f"{aspect}.counts"] = stats.counts.cpu()
+        out[f"{aspect}.tokens"] = stats.tokens
+        for i, r in enumerate(bench.search):
+            a = answers[i]
             out["responses"].append({
                 "aspect": aspect, "question": r["question"],
-                "persona": bench.persona_for(aspect, i, seed), "response": g.text,
-                "n_tokens": len(g.response_ids),
+                "persona": bench.persona_for(aspect, i, seed), "response": a["text"],
+                "n_tokens": len(a["response_ids"]),
             })
     return out
 
@@ -78,7 +168,9 @@ def load_or_compute(store: ArtifactStore, lm: LoadedModel, bench: Bench, seed: i
     if path is not None:
         log.info("reusing cached neuron statistics %s", path)
         return read_statistics(path), path, True
-    st = compute_statistics(lm, bench, seed, gen, progress=progress, gen_stats=gen_stats)
+    ck = _checkpoint_dir(store, key)
+    st = compute_statistics(lm, bench, seed, gen, progress=progress, gen_stats=gen_stats,
+                            checkpoint=ck, key=key)
 
     def write(tmp: Path):
         tensors = {k: v.contiguous() for k, v in st.items() if isinstance(v, torch.Tensor)}
@@ -89,6 +181,7 @@ def load_or_compute(store: ArtifactStore, lm: LoadedModel, bench: Bench, seed: i
 
     tokens = {f"{a}.tokens": st[f"{a}.tokens"] for a in ASPECTS}
     path = store.save("statistics", key, write, extra={"tokens": tokens})
+    shutil.rmtree(ck, ignore_errors=True)
     return st, path, False
 
 

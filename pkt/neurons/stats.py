@@ -73,10 +73,12 @@ class ActivationStats:
 
 
 @contextlib.contextmanager
-def recording(model, stats: ActivationStats, state: dict):
+def recording(model, stats: ActivationStats, state: dict, count_tokens: bool = False):
     """Hooks that add each layer's activations at ``state['mask']`` positions to ``stats``.
 
     ``state['mask']`` is a bool [batch, seq] tensor set by the caller before each forward.
+    With ``count_tokens`` the first layer's hook also adds the number of positions recorded
+    to ``stats.tokens`` (for callers, like generation, that do not count them themselves).
     """
     require_one_device(model, "neuron statistics")
     handles = []
@@ -85,7 +87,10 @@ def recording(model, stats: ActivationStats, state: dict):
         def hook(_mod, _inp, out):
             mask = state.get("mask")
             if mask is not None:
-                stats.update(layer, out[mask])
+                acts = out[mask]
+                stats.update(layer, acts)
+                if count_tokens and layer == 0:
+                    stats.tokens += int(acts.shape[0])
 
         return hook
 

@@ -1,0 +1,118 @@
+"""The decoding engine: equal to transformers' greedy generate, prefix sharing, early exit,
+statistics recorded while generating, and resumable identification."""
+
+import pytest
+import torch
+
+from pkt import prompts
+from pkt.artifacts import ArtifactStore
+from pkt.bench import Bench
+from pkt.generation import GenConfig, chat_prompt, decode_batch, generate, prefix_groups
+from pkt.neurons import identify
+from pkt.neurons.sites import shape
+from pkt.neurons.stats import ActivationStats, collect_stats
+
+PERSONAS = {"high": ["You are bold and curious about every new idea, art and place.",
+                     "You are restless, imaginative and love strange books."],
+            "low": ["You are careful, you like routine and familiar things.",
+                    "You are practical and suspicious of novelty."]}
+QS = ["What would you do on a free Sunday?", "A friend suggests a trip to a country you "
+      "do not know. What do you say?", "Why?", "How do you pick a restaurant?",
+      "What do you think about modern art and the people who make it?"]
+
+
+def _bench(n=5):
+    return Bench(trait="Openness", search=[{"question": q, "_line": i + 1}
+                                           for i, q in enumerate((QS * 3)[:n])],
+                 test=[], personas=PERSONAS, data_hash="x")
+
+
+def test_prefix_groups_maximise_shared_tokens():
+    a = [1] * 10 + [2, 3]
+    b = [1] * 10 + [4, 5, 6]
+    c = [7] * 20 + [8, 9]
+    d = [7] * 20 + [1, 1]
+    g = prefix_groups([a, b, c, d])
+    assert g == [(0, 2, 10), (2, 4, 20)]
+    # a prefix always leaves two tokens of the shortest row; short shared runs are not used
+
+    assert prefix_groups([[1] * 9, [1] * 9]) == [(0, 1, 0), (1, 2, 0)]
+    assert prefix_groups([[1] * 12, [1] * 12]) == [(0, 2, 10)]
+    assert prefix_groups([[5, 6, 7]]) == [(0, 1, 0)]
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.15])
+def test_engine_equals_transformers_generate(tiny, penalty):
+    tok = tiny.tokenizer
+    texts = [chat_prompt(tok, prompts.roleplay(PERSONAS["high"][i % 2], q)) for i, q in enumerate(QS)]
+    texts += [chat_prompt(tok, prompts.neutral(q)) for q in QS]
+    gen = GenConfig(16, 4, penalty)
+    ours = generate(tiny.model, tok, texts, gen, progress=False)
+    ref = generate(tiny.model, tok, texts, GenConfig(16, 1, penalty), progress=False, engine="hf")
+    assert [g.response_ids for g in ours] == [g.response_ids for g in ref]
+    assert [g.prompt_ids for g in ours] == [g.prompt_ids for g in ref]
+
+
+def test_finished_rows_leave_the_batch(tiny):
+    """A token the model emits early is made the EOS: rows stop there and the others go on."""
+    tok = tiny.tokenizer
+    texts = [chat_prompt(tok, prompts.neutral(q)) for q in QS]
+    free = generate(tiny.model, tok, texts, GenConfig(16, 5, 1.0), progress=False)
+    stop = free[0].response_ids[3]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    outs = decode_batch(tiny.model, rows, GenConfig(16, 5, 1.0), {stop})
+    for f, o in zip(free, outs):
+        ids = f.response_ids
+        want = ids[: ids.index(stop) + 1] if stop in ids else ids
+        assert o == want
+    assert any(len(o) < 16 for o in outs) and any(len(o) == 16 for o in outs)
+
+
+def test_statistics_recorded_while_generating_equal_teacher_forced(spread_tiny):
+    lm = spread_tiny
+    bench = _bench()
+    gen = GenConfig(10, 2, 1.1)
+    st = identify.compute_statistics(lm, bench, 0, gen, progress=False)
+    L, N = shape(lm.model)
+    for aspect in identify.ASPECTS:
+        texts = identify.roleplay_prompts(lm, bench, aspect, 0)
+        gens = generate(lm.model, lm.tokenizer, texts, gen, progress=False)
+        ref = collect_stats(lm.model, [(g.prompt_ids, g.response_ids) for g in gens], pad_id=0,
+                            progress=False, stats=ActivationStats(L, N))
+        assert st[f"{aspect}.tokens"] == ref.tokens == sum(len(g.response_ids) for g in gens)
+        # the same activations up to float rounding: a value may cross a bin edge, rarely
+        assert (st[f"{aspect}.counts"] != ref.counts).sum() <= 2
+        assert torch.allclose(st[f"{aspect}.prob"], ref.prob(), atol=1.0 / ref.tokens + 1e-6)
+
+
+def test_interrupted_identification_resumes_to_the_same_result(spread_tiny, tmp_path, monkeypatch):
+    lm = spread_tiny
+    bench = _bench(12)
+    gen = GenConfig(8, 2, 1.1)
+    whole = identify.load_or_compute(ArtifactStore(tmp_path / "a"), lm, bench, 0, gen,
+                                     progress=False)[0]
+    store = ArtifactStore(tmp_path / "b")
+    real = identify.generate
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third chunk: the high aspect's last of three
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(identify, "generate", flaky)
+    with pytest.raises(identify.Interrupted, match=r"kept 8 of 12 persona answers \(high\)"):
+        identify.load_or_compute(store, lm, bench, 0, gen, progress=False)
+    key = identify.stats_key(lm, bench, 0, gen)
+    assert (identify._checkpoint_dir(store, key) / "high.json").is_file()
+    assert store.load("statistics", key) is None  # no half-made artifact
+    calls["n"] = -100
+    resumed, path, hit = identify.load_or_compute(store, lm, bench, 0, gen, progress=False)
+    assert not hit and calls["n"] == -100 + 4  # the missing high chunk, then three low
+    for k, v in whole.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, resumed[k]), k
+        else:
+            assert v == resumed[k], k
+    assert not identify._checkpoint_dir(store, key).exists()
