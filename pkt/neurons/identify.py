@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-
 from tqdm.auto import tqdm
 
 from pkt import PktError, prompts
