@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -14,31 +15,53 @@ from pkt.methods import Method, RunContext
 from pkt.neurons import identify
 from pkt.neurons.induce import Induction
 from pkt.neurons.release import export_release, file_name, import_release
-from pkt.neurons.select import NeuronSet, resolve_k, select
+from pkt.neurons.select import SELECTIONS, NeuronSet, resolve_k, select_sets
 from pkt.neurons.sites import shape
 
 log = logging.getLogger(__name__)
 OTHER = {"high": "low", "low": "high"}
+AUTO_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 
 
 class NeuronMethod(Method):
-    def __init__(self, ctx: RunContext, name: str = "neuron", strength: float = 1.0,
+    def __init__(self, ctx: RunContext, name: str = "neuron", strength: float | str = 1.0,
                  k_min: float = 0.013, diff_threshold: float = 0.1, keep_prob: float = 0.9,
                  deactivate: bool = True, include_prompt: bool = False, recompute: bool = False,
-                 neurons_from: str | None = None, search_gen: dict | None = None):
+                 neurons_from: str | None = None, search_gen: dict | None = None,
+                 selection: str = "npti", strength_grid: list | None = None,
+                 max_ppl_ratio: float = 1.15, min_mc_ratio: float = 0.95,
+                 auto_n_mc: int | None = 100):
         super().__init__(ctx, name, strength=strength, k_min=k_min, diff_threshold=diff_threshold,
                          keep_prob=keep_prob, deactivate=deactivate,
-                         include_prompt=include_prompt, neurons_from=neurons_from)
-        self.strength, self.k_min, self.threshold = float(strength), k_min, float(diff_threshold)
+                         include_prompt=include_prompt, neurons_from=neurons_from,
+                         selection=selection)
+        self.auto = isinstance(strength, str) and strength.strip().lower() == "auto"
+        if self.auto:
+            self.grid = sorted(float(x) for x in (strength_grid or AUTO_GRID))
+            if not self.grid or any(not math.isfinite(x) or x < 0 for x in self.grid):
+                raise PktError(f"method.strength_grid must be finite numbers >= 0, got {strength_grid}")
+            self.bounds = {"max_ppl_ratio": float(max_ppl_ratio), "min_mc_ratio": float(min_mc_ratio)}
+            self.auto_n_mc = auto_n_mc
+            self.params.update(strength_grid=self.grid, **self.bounds)
+            self.strength = self.grid[0]  # replaced by the choice in prepare()
+        else:
+            try:
+                self.strength = float(strength)
+            except (TypeError, ValueError):
+                raise PktError(f"method.strength must be a number >= 0 or 'auto', got {strength!r}") from None
+            # validate before any expensive work (Induction checks the same at apply time)
+            if not math.isfinite(self.strength) or self.strength < 0:
+                raise PktError(f"method.strength must be a finite number >= 0, got {strength}")
+        if selection not in SELECTIONS:
+            raise PktError(f"unknown method.selection '{selection}' (choose from: {', '.join(SELECTIONS)})")
+        self.selection = selection
+        self.k_min, self.threshold = k_min, float(diff_threshold)
         self.keep_prob, self.deactivate, self.include_prompt = keep_prob, deactivate, include_prompt
         self.recompute, self.neurons_from = recompute, neurons_from
         self.search_gen = ctx.gen.merged(search_gen)
         self.store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
         self.sets: dict[str, NeuronSet] = {}
         self.stats_dir: Path | None = None
-        # validate before any expensive work (Induction checks the same at apply time)
-        if not math.isfinite(self.strength) or self.strength < 0:
-            raise PktError(f"method.strength must be a finite number >= 0, got {strength}")
 
     # -- step 1 ------------------------------------------------------------------
     def prepare(self) -> None:
@@ -55,8 +78,7 @@ class NeuronMethod(Method):
             ctx.metrics["neuron_stats_cached"] = hit
             for a in identify.ASPECTS:
                 ctx.metrics[f"search_tokens_{a}"] = int(st[f"{a}.tokens"])
-            self.sets = {a: select(st[f"{a}.prob"], st[f"{OTHER[a]}.prob"], st[f"{a}.p95"],
-                                   self.k_min, self.threshold) for a in identify.ASPECTS}
+            self.sets = select_sets(st, self.selection, self.k_min, self.threshold)
             self._save_sets()
             diffs = (st["high.prob"] - st["low.prob"]).flatten().numpy()
             ctx.metrics["diff_max"] = float(diffs.max())
@@ -68,12 +90,68 @@ class NeuronMethod(Method):
             ctx.metrics[f"neurons_{a}_frac"] = len(ns) / total
             ctx.metrics[f"neurons_{a}_per_layer"] = ns.per_layer(n_layers)
         export_release(ctx.run_dir / "neurons", ctx.bench.trait, self.sets)
+        if self.auto:
+            self.strength, trials = self._auto_strength(ctx.aspect)
+            ctx.metrics["strength_auto"] = {"chosen": self.strength, "trials": trials,
+                                            **self.bounds, "n_mc": self.auto_n_mc}
+            self.params["strength"] = self.strength
+            self.params["strength_mode"] = "auto"
+
+    def _auto_strength(self, aspect: str) -> tuple[float, list[dict]]:
+        """The largest strength of the grid whose capability stays within the bounds.
+
+        Strengths are tried from the smallest up, each with the capability probe (MC
+        accuracy and neutral-text perplexity, with the edit active, as ratios to the plain
+        model); the first one out of bounds ends the search. If even the smallest is out of
+        bounds it is used anyway and the trials say so. Cached per neuron sets, aspect,
+        grid, bounds and probe.
+        """
+        from pkt.eval import capability
+
+        ctx = self.ctx
+        key = {"stage": "npti-auto-strength", "model_fingerprint": ctx.lm.fingerprint,
+               "sets": ctx.artifacts.get("neuron_sets") or str(self.neurons_from),
+               "aspect": aspect, "grid": self.grid, **self.bounds,
+               "probe": capability.probe_hash(self.auto_n_mc), "keep_prob": self.keep_prob,
+               "deactivate": self.deactivate, "include_prompt": self.include_prompt,
+               "seed": ctx.seed}
+        path = self.store.load("auto_strength", key)
+        if path is not None:
+            d = json.loads((path / "choice.json").read_text())
+            ctx.metrics["strength_auto_cached"] = True
+            return float(d["chosen"]), d["trials"]
+        base = capability.base_figures(ctx.lm, ctx.cache_dir, self.auto_n_mc, ctx.gen.batch_size)
+        chosen, trials = None, []
+        for s in self.grid:
+            pos: dict = {"mask": None}
+            self.strength = s
+            with self.induction(aspect, positions=pos).apply():
+                now = capability.measure(ctx.lm, self.auto_n_mc, ctx.gen.batch_size, pos)
+            ppl_r = now["ppl"] / base["ppl"]
+            mc_r = now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else 1.0
+            ok = ppl_r <= self.bounds["max_ppl_ratio"] and mc_r >= self.bounds["min_mc_ratio"]
+            trials.append({"strength": s, "ppl_ratio": ppl_r, "mc_ratio": mc_r, "within": ok})
+            log.info("strength=auto: %.2f -> ppl ratio %.3f, MC ratio %.3f (%s)", s, ppl_r, mc_r,
+                     "within bounds" if ok else "out of bounds")
+            if not ok:
+                break
+            chosen = s
+        if chosen is None:
+            chosen = self.grid[0]
+            log.warning("strength=auto: even strength %.2f is out of the capability bounds; "
+                        "using it", chosen)
+        self.store.save("auto_strength", key, lambda tmp: (tmp / "choice.json").write_text(
+            json.dumps({"chosen": chosen, "trials": trials}, indent=2)))
+        ctx.metrics["strength_auto_cached"] = False
+        return chosen, trials
 
     def _save_sets(self) -> None:
         ctx = self.ctx
         key = {"stage": "npti-neuron-sets", "statistics": self.stats_dir.name,
                "model_fingerprint": ctx.lm.fingerprint, "k_min": self.k_min,
                "diff_threshold": self.threshold}
+        if self.selection != "npti":  # keys of sets made before the option stay the same
+            key["selection"] = self.selection
         if self.store.load("neuron_sets", key) is None or self.recompute:
             def write(tmp: Path):
                 t = {}

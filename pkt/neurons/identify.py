@@ -71,11 +71,15 @@ def _load_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats) -
             return []
         t = load_file(str(ck / f"{aspect}.safetensors"))
         stats.hist.copy_(t["hist"].to(stats.hist.device, torch.int64).view_as(stats.hist))
+        stats.sum.copy_(t["sum"])
+        stats.sumsq.copy_(t["sumsq"])
         stats.tokens = int(meta["tokens"])
         return list(meta["done"])
     except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError):
         log.warning("ignoring an unreadable identification checkpoint in %s", ck)
         stats.hist.zero_()
+        stats.sum.zero_()
+        stats.sumsq.zero_()
         stats.tokens = 0
         return []
 
@@ -86,7 +90,8 @@ def _save_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats,
     ck.mkdir(parents=True, exist_ok=True)
     tmp = ck / f".{aspect}.safetensors.tmp"
     # counts per bin stay far below 2**31 for any realistic search split
-    save_file({"hist": stats.hist.to(torch.int32).cpu()}, str(tmp))
+    save_file({"hist": stats.hist.to(torch.int32).cpu(), "sum": stats.sum.cpu(),
+               "sumsq": stats.sumsq.cpu()}, str(tmp))
     os.replace(tmp, ck / f"{aspect}.safetensors")
     write_json_atomic(ck / f"{aspect}.json", {"key": key, "tokens": stats.tokens, "done": done})
 
@@ -113,7 +118,7 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
         texts = roleplay_prompts(lm, bench, aspect, seed)
         ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         order = sorted(range(len(texts)), key=lambda i: ids[i])  # the engine's own order
-        stats = ActivationStats(n_layers, width, device=device)
+        stats = ActivationStats(n_layers, width, device=device, moments=True)
         done = _load_checkpoint(checkpoint, key, aspect, stats) if checkpoint else []
         answers: dict[int, dict] = {d["i"]: d for d in done}
         if answers:
@@ -148,6 +153,7 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
         out[f"{aspect}.p95"] = stats.percentile(0.95).cpu()
         out[f"{aspect}.counts"] = stats.counts.cpu()
         out[f"{aspect}.tokens"] = stats.tokens
+        out[f"{aspect}.mean"], out[f"{aspect}.var"] = (x.cpu() for x in stats.mean_var())
         for i, r in enumerate(bench.search):
             a = answers[i]
             out["responses"].append({

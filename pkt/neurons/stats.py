@@ -23,11 +23,17 @@ BIN_WIDTH = 0.01
 
 
 class ActivationStats:
-    def __init__(self, n_layers: int, width: int, device="cpu"):
+    """Per-neuron histogram (and, with ``moments``, exact sums of a and a^2) over tokens."""
+
+    def __init__(self, n_layers: int, width: int, device="cpu", moments: bool = False):
         self.n_layers, self.width = n_layers, width
         self.hist = torch.zeros(n_layers, width * N_BINS, dtype=torch.int64, device=device)
         self.tokens = 0
         self._offsets = (torch.arange(width, device=device) * N_BINS).to(torch.int32)
+        # float64 sums for the mean and variance of each neuron (effect-size selection)
+        self.moments = moments
+        self.sum = torch.zeros(n_layers, width, dtype=torch.float64, device=device) if moments else None
+        self.sumsq = torch.zeros_like(self.sum) if moments else None
 
     @torch.no_grad()
     def update(self, layer: int, acts: torch.Tensor) -> None:
@@ -39,6 +45,18 @@ class ActivationStats:
         b = torch.mul(acts.float(), 1.0 / BIN_WIDTH).clamp_(0, N_BINS - 1).ceil_()
         b = b.to(torch.int32).add_(self._offsets)
         self.hist[layer] += torch.bincount(b.view(-1), minlength=self.width * N_BINS)
+        if self.moments:
+            a = acts.double()
+            self.sum[layer] += a.sum(0)
+            self.sumsq[layer] += (a * a).sum(0)
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and (population) variance of each neuron's activation, [layers, width]."""
+        if not self.moments:
+            raise ValueError("these statistics were gathered without moments")
+        n = max(self.tokens, 1)
+        mean = self.sum / n
+        return mean.float(), (self.sumsq / n - mean * mean).clamp_min(0).float()
 
     @property
     def counts(self) -> torch.Tensor:
