@@ -2,17 +2,38 @@
 
 compose -> validate (pkt.validation: config values, judge endpoint) -> bench -> model -> method.prepare() -> method.respond(test questions) ->
 evaluators -> generations.jsonl + metrics.json + run_info.json (+ a W&B run).
+
+Ctrl-C anywhere is one line, ``pkt: error: interrupted ...`` (saying what was kept), and exit
+status 130; the W&B run is still finished.
 """
+# ruff: noqa: E402 (the SIGINT handler for start-up goes before the heavy imports)
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+NOT_KEPT = "interrupted (nothing of this run was kept as a result)"
+
+
+def _interrupted_while_starting(signum, frame) -> None:
+    """Ctrl-C while the modules below load (seconds): nothing exists yet to clean up."""
+    os.write(2, f"pkt: error: {NOT_KEPT}\n".encode())
+    os._exit(130)
+
+
+# installed before the heavy imports (torch, transformers) so that an early Ctrl-C is one
+# line too; cli() hands SIGINT back to Python. A SIGINT that is ignored (a background job
+# of a non-interactive shell) stays ignored.
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
 import json
 import logging
-import os
 import platform
 import random
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from importlib import metadata
@@ -147,7 +168,7 @@ def run(cfg: DictConfig) -> dict:
     seed_everything(int(cfg.seed))
     label = cfg.method.name + (f"_{cfg.method.variant}" if "variant" in cfg.method else "")
     tracker = build_tracker(cfg, run_dir, label)
-    ok = False
+    ok = stopped = False
     try:
         with timed(timings, "load_data"):
             bench = instantiate(cfg.data, trait=cfg.trait.name)
@@ -197,7 +218,8 @@ def run(cfg: DictConfig) -> dict:
             with timed(timings, "evaluate"):
                 metrics.update(evaluator.evaluate(ctx, method, records, gens))
         except BaseException as e:
-            metrics["evaluation_error"] = str(user_error(e) or type(e).__name__)
+            metrics["evaluation_error"] = ("interrupted" if isinstance(e, KeyboardInterrupt)
+                                           else str(user_error(e) or type(e).__name__))
             metrics["timings"] = timings
             write_generations()  # whatever scores were attached so far
             write_json_atomic(run_dir / "metrics.json", metrics)
@@ -212,8 +234,24 @@ def run(cfg: DictConfig) -> dict:
         log.info("wrote %d generations and metrics to %s", len(records), run_dir)
         ok = True
         return metrics
+    except BaseException as e:
+        stopped = isinstance(e, KeyboardInterrupt) or is_interrupt(user_error(e))
+        raise
     finally:
-        tracker.finish(exit_code=0 if ok else 1)
+        finish_tracker(tracker, 0 if ok else 130 if stopped else 1)
+
+
+def finish_tracker(tracker, exit_code: int) -> None:
+    """Finish the W&B run; when the run already failed (or was interrupted), a failure to
+    finish is a warning, so that the line the user sees is about the first error."""
+    if exit_code == 0:
+        tracker.finish(exit_code=0)
+        return
+    try:
+        tracker.finish(exit_code=exit_code)
+    except Exception as e:
+        log.warning("could not finish the tracker run: %s: %s", type(e).__name__,
+                    str(e).strip().splitlines()[0] if str(e).strip() else "")
 
 
 def user_error(e: BaseException) -> PktError | None:
@@ -227,25 +265,77 @@ def user_error(e: BaseException) -> PktError | None:
     return None
 
 
+def is_interrupt(err: PktError | None) -> bool:
+    """A PktError that stands for Ctrl-C (identification's, which says what it kept)."""
+    if err is None:
+        return False
+    from pkt.neurons.identify import Interrupted
+
+    return isinstance(err, Interrupted)
+
+
+def close_progress_bars() -> None:
+    """End every open tqdm bar with its newline, so that the error line is a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:
+            pass
+
+
+def what_was_kept(run_dir: Path | None) -> str:
+    """The ``interrupted ...`` message for a Ctrl-C in the runner: which results are on disk."""
+    if run_dir is not None and (run_dir / "generations.jsonl").is_file():
+        if (run_dir / "metrics.json").is_file():
+            return (f"interrupted while scoring; the generations are kept in {run_dir} "
+                    f"(metrics.json has evaluation_error: interrupted)")
+        return f"interrupted; the generations are kept in {run_dir} (no metrics)"
+    return NOT_KEPT
+
+
+def interrupted(message: str) -> SystemExit:
+    close_progress_bars()
+    print(f"pkt: error: {message}", file=sys.stderr, flush=True)
+    return SystemExit(130)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig):
     try:
         run(cfg)
+    except KeyboardInterrupt:
+        try:
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+        except Exception:
+            run_dir = None
+        raise interrupted(what_was_kept(run_dir)) from None
     except Exception as e:
         err = user_error(e)
         if err is None:
             raise
+        if is_interrupt(err):
+            raise interrupted(str(err)) from None
+        close_progress_bars()
         print(f"pkt: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
 def cli() -> None:
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        preflight(sys.argv[1:])
-    except PktError as e:
-        print(f"pkt: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    main()
+        try:
+            preflight(sys.argv[1:])
+        except PktError as e:
+            print(f"pkt: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        main()
+    except KeyboardInterrupt:  # outside a job: composing the config, Hydra's own work
+        raise interrupted(NOT_KEPT) from None
 
 
 if __name__ == "__main__":

@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
 
+import pkt.run as runner
 from pkt import PktError
 from pkt.bench import load_bench
 from pkt.eval import Evaluation, check_judged
@@ -25,6 +31,8 @@ from pkt.neurons.release import import_release
 from pkt.run import config_groups
 from pkt.validation import validate
 from tests.conftest import (
+    MODEL_CACHE,
+    ROOT,
     compose_cfg,
     openness_context,
     read_jsonl,
@@ -459,3 +467,128 @@ def test_cli_judge_failing_on_some_answers_warns_with_counts(tmp_path):
     failed = int(found.group(1))
     assert 1 <= failed < 3 and m["judge_errors"] == failed
     assert m["trait_score"]["n"] == 3 - failed and m["trait_score"]["mean"] == 3.0
+
+
+# ---------------------------------------------------------------------------------------
+# Ctrl-C: one line, exit status 130, checkpoints kept, the tracker finished
+
+SLOW_SEARCH = ["model=tiny_random", "method=neuron", "trait=openness", "logger=none", "eval=none",
+               "data.n_search=24", "data.n_test=2", "gen.max_new_tokens=4",
+               "search_gen.max_new_tokens=48", "search_gen.batch_size=4"]
+
+
+def _start(tmp_path: Path, args: list[str]) -> tuple[subprocess.Popen, list[bytes]]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PKT_CACHE=str(tmp_path / "cache"),
+               PKT_MODEL_CACHE=str(MODEL_CACHE))
+    p = subprocess.Popen([sys.executable, "-m", "pkt.run", f"paths.output_dir={tmp_path / 'out'}",
+                          *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    chunks: list[bytes] = []
+
+    def read():
+        while data := os.read(p.stderr.fileno(), 4096):
+            chunks.append(data)
+
+    threading.Thread(target=read, daemon=True).start()
+    return p, chunks
+
+
+def test_ctrl_c_during_identification_is_one_line_and_the_next_run_resumes(tmp_path):
+    p, chunks = _start(tmp_path, SLOW_SEARCH)
+    deadline = time.monotonic() + 60
+    # the first chunk (2 batches of 4) of persona answers is checkpointed: then Ctrl-C
+    while b"8/24" not in b"".join(chunks) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert p.poll() is None, b"".join(chunks).decode()[-3000:]
+    p.send_signal(signal.SIGINT)
+    rc = p.wait(timeout=60)
+    time.sleep(0.2)  # the reader thread drains the pipe
+    err = b"".join(chunks).decode()
+    lines = [x for x in err.splitlines() if x.strip()]  # tqdm's \r splits too
+    assert rc == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    hits = [x for x in lines if "pkt: error:" in x]
+    assert len(hits) == 1 and hits[0] == lines[-1], err[-3000:]
+    assert hits[0].startswith("pkt: error: interrupted: kept ")
+    assert "persona answers (high)" in err and "run the same command again to resume" in hits[0]
+    assert not run_dirs(tmp_path)  # no metrics.json: nothing that looks like a result
+    # the same command again: resumes after the kept chunks and finishes
+    p, chunks = _start(tmp_path, SLOW_SEARCH)
+    assert p.wait(timeout=120) == 0, b"".join(chunks).decode()[-3000:]
+    (d,) = run_dirs(tmp_path)
+    log_text = (d / "run.log").read_text()
+    assert re.search(r"resuming identification \(high\): \d+ of 24 persona answers kept",
+                     log_text), log_text
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["neuron_stats_cached"] is False and m["search_tokens_high"] > 0
+    assert not list((tmp_path / "cache" / "artifacts" / "partial").glob("*"))
+
+
+class _Tracker:
+    def __init__(self):
+        self.finished = []
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def finish(self, exit_code=0):
+        self.finished.append(exit_code)
+
+
+def _hydra_cfg(tmp_path: Path, overrides: list[str]):
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = compose_cfg(overrides)
+    cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("where,kept", [
+    ("prepare", "interrupted (nothing of this run was kept as a result)"),
+    ("evaluate", "interrupted while scoring; the generations are kept in"),
+])
+def test_ctrl_c_in_the_runner_finishes_the_tracker(tmp_path, monkeypatch, capsys, one_thread,
+                                                   where, kept):
+    from pkt.eval import NoEvaluation
+    from pkt.methods.base import BaseMethod
+
+    tracker = _Tracker()
+    monkeypatch.setattr(runner, "build_tracker", lambda *a, **k: tracker)
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BaseMethod if where == "prepare" else NoEvaluation, where, stop)
+    cfg = _hydra_cfg(tmp_path, ["model=tiny_random", "method=base", "logger=none", "eval=none",
+                                "data.n_test=2", "gen.max_new_tokens=2"])
+    with pytest.raises(SystemExit) as ei:
+        runner.main.__wrapped__(cfg)
+    assert ei.value.code == 130 and tracker.finished == [130]
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    errors = [x for x in lines if "error" in x]  # after the progress bars of generation
+    assert errors == lines[-1:] and errors[0].startswith(f"pkt: error: {kept}"), lines
+    d = tmp_path / "run"
+    if where == "evaluate":
+        assert json.loads((d / "metrics.json").read_text())["evaluation_error"] == "interrupted"
+        assert len(read_jsonl(d / "generations.jsonl")) == 2
+    else:
+        assert not (d / "generations.jsonl").exists()
+
+
+def test_tracker_that_fails_to_finish_after_ctrl_c_is_a_warning(tmp_path, monkeypatch, capsys,
+                                                                 one_thread):
+    from pkt.methods.base import BaseMethod
+
+    class Broken(_Tracker):
+        def finish(self, exit_code=0):
+            raise RuntimeError("service gone")
+
+    monkeypatch.setattr(runner, "build_tracker", lambda *a, **k: Broken())
+    monkeypatch.setattr(BaseMethod, "prepare", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    cfg = _hydra_cfg(tmp_path, ["model=tiny_random", "method=base", "logger=none", "eval=none"])
+    with pytest.raises(SystemExit) as ei:
+        runner.main.__wrapped__(cfg)
+    assert ei.value.code == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "pkt: error: interrupted (nothing of this run was kept as a result)"
