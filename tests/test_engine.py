@@ -116,3 +116,25 @@ def test_interrupted_identification_resumes_to_the_same_result(spread_tiny, tmp_
         else:
             assert v == resumed[k], k
     assert not identify._checkpoint_dir(store, key).exists()
+
+
+def test_recorded_positions_follow_rows_that_finish_early(spread_tiny):
+    """Rows leave the batch at EOS: what is recorded is still exactly their producing positions."""
+    from pkt.neurons.stats import recording
+
+    lm = spread_tiny
+    tok = lm.tokenizer
+    texts = [chat_prompt(tok, prompts.neutral(q)) for q in QS]
+    rows = sorted(tok(t, add_special_tokens=False)["input_ids"] for t in texts)
+    free = decode_batch(lm.model, rows, GenConfig(12, 5, 1.0), set())
+    stop = free[1][4]
+    L, N = shape(lm.model)
+    live = ActivationStats(L, N)
+    state: dict = {}
+    with recording(lm.model, live, state, count_tokens=True):
+        outs = decode_batch(lm.model, rows, GenConfig(12, 5, 1.0), {stop}, positions=state)
+    assert any(len(o) < 12 for o in outs)
+    ref = collect_stats(lm.model, list(zip(rows, outs)), pad_id=0, progress=False,
+                        stats=ActivationStats(L, N))
+    assert live.tokens == ref.tokens == sum(len(o) for o in outs)
+    assert (live.counts != ref.counts).sum() <= 2
