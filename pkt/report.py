@@ -89,7 +89,7 @@ def _parse(m: dict, run_dir: str) -> Run:
     return Run(
         run_dir=run_dir, method=str(method), aspect=str(m.get("aspect") or "?"),
         trait=str(m.get("trait") or "?"), model=m.get("model"),
-        strength=_num(params.get("strength")),
+        strength=None if params.get("strength_mode") == "auto" else _num(params.get("strength")),
         trait_score_mean=_mean_of(ts), trait_score_sd=_num(_get(ts, "sd")),
         n=int(n) if n is not None else None,
         fluency_mean=_mean_of(m.get("fluency")), ppl_mean=_mean_of(m.get("ppl")),
