@@ -60,14 +60,21 @@ def _checkpoint_dir(store: ArtifactStore, key: dict) -> Path:
     return store.root / "partial" / key_hash(key)
 
 
-def _load_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats) -> list[dict]:
-    """Restore one aspect's histogram and answers from ``ck``; returns the answers done."""
+def _load_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats,
+                     batch_size: int) -> list[dict]:
+    """Restore one aspect's histogram and answers from ``ck``; returns the answers done.
+
+    A checkpoint made with another batch size is not used (its batches, hence its float
+    rounding, would differ from the rest of the run's).
+    """
     meta_f = ck / f"{aspect}.json"
     if not meta_f.is_file():
         return []
     try:
         meta = json.loads(meta_f.read_text())
-        if meta.get("key") != json.loads(json.dumps(key, default=str)):
+        if meta.get("key") != json.loads(json.dumps(key, default=str)) or \
+                meta.get("batch_size") != batch_size:
+            log.info("not resuming from %s: made for another key or batch size", ck)
             return []
         t = load_file(str(ck / f"{aspect}.safetensors"))
         stats.hist.copy_(t["hist"].to(stats.hist.device, torch.int64).view_as(stats.hist))
@@ -85,7 +92,7 @@ def _load_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats) -
 
 
 def _save_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats,
-                     done: list[dict]) -> None:
+                     done: list[dict], batch_size: int) -> None:
     """Histogram first, then the answers that it covers (each file replaced atomically)."""
     ck.mkdir(parents=True, exist_ok=True)
     tmp = ck / f".{aspect}.safetensors.tmp"
@@ -93,7 +100,8 @@ def _save_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats,
     save_file({"hist": stats.hist.to(torch.int32).cpu(), "sum": stats.sum.cpu(),
                "sumsq": stats.sumsq.cpu()}, str(tmp))
     os.replace(tmp, ck / f"{aspect}.safetensors")
-    write_json_atomic(ck / f"{aspect}.json", {"key": key, "tokens": stats.tokens, "done": done})
+    write_json_atomic(ck / f"{aspect}.json", {"key": key, "batch_size": batch_size,
+                                              "tokens": stats.tokens, "done": done})
 
 
 def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
@@ -119,7 +127,7 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
         ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         order = sorted(range(len(texts)), key=lambda i: ids[i])  # the engine's own order
         stats = ActivationStats(n_layers, width, device=device, moments=True)
-        done = _load_checkpoint(checkpoint, key, aspect, stats) if checkpoint else []
+        done = _load_checkpoint(checkpoint, key, aspect, stats, gen.batch_size) if checkpoint else []
         answers: dict[int, dict] = {d["i"]: d for d in done}
         if answers:
             log.info("resuming identification (%s): %d of %d persona answers kept", aspect,
@@ -140,7 +148,7 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
                                   "response_ids": g.response_ids}
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, key, aspect, stats,
-                                     [answers[i] for i in order if i in answers])
+                                     [answers[i] for i in order if i in answers], gen.batch_size)
                 bar.update(len(part))
         except KeyboardInterrupt:
             bar.close()
