@@ -24,3 +24,7 @@ def _register_resolvers() -> None:
 
 
 _register_resolvers()
+
+from pkt.api import NeuronSets, answer, identify, induce, load_model, steer  # noqa: E402
+
+__all__ = ["NeuronSets", "PktError", "answer", "identify", "induce", "load_model", "steer"]

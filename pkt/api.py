@@ -1,0 +1,175 @@
+"""The public Python API: load a model, identify trait neurons, induce a trait, steer.
+
+    import pkt
+    lm = pkt.load_model("smollm2_135m")
+    sets = pkt.identify(lm, "extraversion", n_search=16, max_new_tokens=48)
+    with pkt.induce(lm, sets, aspect="high", strength=1.0):
+        print(pkt.answer(lm, ["What do you do on a free evening?"])[0])
+
+Everything here is what ``python -m pkt.run`` uses underneath (the same identification,
+cache, selection rules and hooks); nothing needs Hydra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pkt import CONF_DIR, DATA_DIR, ROOT_DIR, PktError, prompts
+from pkt.artifacts import ArtifactStore, write_json_atomic
+from pkt.neurons.select import NeuronSet
+
+ASPECTS = ("high", "low")
+OTHER = {"high": "low", "low": "high"}
+RELEASE_META = "pkt_neuron_sets.json"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PKT_CACHE", ROOT_DIR / ".cache"))
+
+
+def load_model(name: str = "smollm2_135m", **overrides):
+    """A model by pkt config name (``conf/model/<name>.yaml``), HF id or local folder.
+
+    Returns a :class:`pkt.models.LoadedModel` (``.model``, ``.tokenizer``, ``.fingerprint``).
+    """
+    from omegaconf import OmegaConf
+
+    from pkt.models import HFModel
+
+    cfg_file = CONF_DIR / "model" / f"{name}.yaml"
+    if cfg_file.is_file():
+        from hydra.utils import instantiate
+
+        model_cache = os.environ.get("PKT_MODEL_CACHE", str(cache_dir() / "models"))
+        root = OmegaConf.create({"paths": {"model_cache": model_cache,
+                                           "cache_dir": str(cache_dir())},
+                                 "model": OmegaConf.load(cfg_file)})
+        node = OmegaConf.merge(root.model, overrides)
+        root.model = node
+        return instantiate(root.model).load()
+    if "/" in name or Path(name).exists():
+        return HFModel(name=Path(name).name, path=name, **overrides).load()
+    known = ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+    raise PktError(f"unknown model '{name}' (a pkt model config: {known}; or an HF id / path)")
+
+
+@dataclass
+class NeuronSets:
+    """Both aspects' neuron sets of one trait, for one model (the release's file format)."""
+
+    trait: str  # capitalised, e.g. "Extraversion"
+    sets: dict[str, NeuronSet]
+    model_fingerprint: str | None = None
+    info: dict = field(default_factory=dict)
+
+    def __getitem__(self, aspect: str) -> NeuronSet:
+        return self.sets[aspect]
+
+    def save(self, path: str | Path) -> Path:
+        """``<Trait>_dict.json`` + ``<Trait>_reversed_dict.json`` (release format) + metadata."""
+        from pkt.neurons.release import export_release
+
+        path = Path(path)
+        export_release(path, self.trait, self.sets)
+        write_json_atomic(path / RELEASE_META, {"trait": self.trait,
+                                                "model_fingerprint": self.model_fingerprint,
+                                                **self.info})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, trait: str | None = None, lm=None) -> NeuronSets:
+        """Sets saved by :meth:`save` or a release folder (then ``trait`` is needed).
+
+        With ``lm`` the sets are range-checked against the model, and sets saved for another
+        model (by fingerprint) are refused.
+        """
+        from pkt.bench import trait_title
+        from pkt.neurons.release import import_release
+        from pkt.neurons.sites import shape
+
+        path = Path(path)
+        meta = {}
+        if (path / RELEASE_META).is_file():
+            meta = json.loads((path / RELEASE_META).read_text())
+        title = trait_title(trait or meta.get("trait") or "")
+        fp = meta.get("model_fingerprint")
+        if lm is not None and fp and fp != lm.fingerprint:
+            raise PktError(f"neuron sets in {path} were made for another model (fingerprint "
+                           f"{fp}, this model {lm.fingerprint})")
+        dims = shape(lm.model) if lm is not None else (None, None)
+        sets = import_release(path, title, *dims)
+        return cls(title, sets, fp, {k: v for k, v in meta.items()
+                                     if k not in ("trait", "model_fingerprint")})
+
+
+def identify(lm, trait: str, n_search: int | None = None, max_new_tokens: int = 80,
+             k_min: float = 0.013, diff_threshold: float = 0.1, selection: str = "npti",
+             seed: int = 0, batch_size: int = 16, repetition_penalty: float = 1.1,
+             data_path: str | Path | None = None, cache: str | Path | None = None,
+             progress: bool = True) -> NeuronSets:
+    """NPTI step 1 for ``trait``: persona answers, statistics (cached), both aspects' sets."""
+    from pkt.bench import load_bench
+    from pkt.generation import GenConfig
+    from pkt.neurons import identify as ident
+    from pkt.neurons.select import select_sets
+
+    bench = load_bench(str(data_path or DATA_DIR), trait, n_search=n_search, n_test=None,
+                       seed=seed)
+    store = ArtifactStore(Path(cache or cache_dir()) / "artifacts")
+    gen = GenConfig(max_new_tokens, batch_size, repetition_penalty)
+    st, path, hit = ident.load_or_compute(store, lm, bench, seed, gen, progress=progress)
+    sets = select_sets(st, selection, k_min, diff_threshold)
+    return NeuronSets(bench.trait, sets, lm.fingerprint,
+                      {"statistics": path.name, "selection": selection, "k_min": k_min,
+                       "diff_threshold": diff_threshold, "cached": hit})
+
+
+def induce(lm, sets: NeuronSets, aspect: str = "high", strength: float = 1.0,
+           keep_prob: float = 0.9, deactivate: bool = True, include_prompt: bool = False,
+           seed: int = 0) -> contextlib.AbstractContextManager:
+    """NPTI step 2 as a context manager: the model expresses ``aspect`` while it is open."""
+    from pkt.neurons.induce import Induction
+
+    if aspect not in ASPECTS:
+        raise PktError(f"unknown aspect '{aspect}' (choose from: high, low)")
+    if sets.model_fingerprint and sets.model_fingerprint != lm.fingerprint:
+        raise PktError("these neuron sets were made for another model "
+                       f"(fingerprint {sets.model_fingerprint}, this model {lm.fingerprint})")
+    ind = Induction(lm.model, sets[aspect], sets[OTHER[aspect]], strength=strength,
+                    keep_prob=keep_prob, deactivate=deactivate, include_prompt=include_prompt,
+                    seed=seed)
+    return ind.apply()
+
+
+def steer(lm, trait: str, aspect: str = "high", layers=(15,), coefficient: float = 4.0,
+          n_search: int | None = 48, position: str = "mean", seed: int = 0,
+          data_path: str | Path | None = None,
+          batch_size: int = 16) -> contextlib.AbstractContextManager:
+    """ActAdd as a context manager: ``coefficient`` × the high − low persona vector (negated
+    for ``aspect='low'``) added to the output of the decoder blocks ``layers``."""
+    from pkt.bench import load_bench
+    from pkt.methods.actadd import steer as _steer
+    from pkt.methods.actadd import steering_vectors
+
+    if aspect not in ASPECTS:
+        raise PktError(f"unknown aspect '{aspect}' (choose from: high, low)")
+    bench = load_bench(str(data_path or DATA_DIR), trait, n_search=n_search, n_test=None,
+                       seed=seed)
+    vecs = steering_vectors(lm, bench, seed, list(layers), position, batch_size, progress=False)
+    sign = 1.0 if aspect == "high" else -1.0
+    return _steer(lm.model, {i: sign * coefficient * v for i, v in vecs.items()})
+
+
+def answer(lm, questions: list[str], max_new_tokens: int = 96, repetition_penalty: float = 1.15,
+           batch_size: int = 16) -> list[str]:
+    """Greedy answers to ``questions`` under the neutral evaluation prompt (as pkt.run)."""
+    from pkt.generation import GenConfig, chat_prompt, generate
+
+    texts = [chat_prompt(lm.tokenizer, prompts.neutral(q)) for q in questions]
+    gens = generate(lm.model, lm.tokenizer, texts,
+                    GenConfig(max_new_tokens, batch_size, repetition_penalty), progress=False)
+    return [g.text for g in gens]
