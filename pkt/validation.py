@@ -13,24 +13,31 @@ dir that looks like a result). It checks, in the order the run would meet them:
 * ``model``: the keys of its target (values are checked by the loader);
 * ``method``: the keys of the method class (from ``method._target_``) and the type of every
   value against the parameter's annotation (or its default), e.g. numbers must be finite
-  numbers, bools true/false, ``layers`` a list of integers; ``batch_size`` >= 1;
-* ``eval`` and ``eval.judge``: keys and types the same way, batch sizes >= 1;
+  numbers, bools true/false, ``layers`` a list of integers; then the ranges and choices of
+  :data:`RULES` (``keep_prob`` in (0, 1], ``k_min`` > 0, ``lr`` > 0, ``position`` mean or
+  last, ``precision`` one Lightning knows, ...);
+* ``eval`` and ``eval.judge``: keys, types and rules the same way (``capability_n_mc`` >= 1,
+  judge ``timeout`` in (0, 86400], ``concurrency`` >= 1, ...); the judge and the evaluator
+  are then built (their constructors are cheap and check the rest, e.g. ``base_url``);
 * last, the judge endpoint: one cheap request (see ``OpenAIJudge.check_endpoint``), unless
   ``eval.judge.preflight=false``.
 
 A target whose signature takes ``**kwargs`` (e.g. ``method=base``) accepts any key; its
-named parameters are still type-checked. Range checks that only a method knows (e.g.
-``method.keep_prob`` in (0, 1]) stay in the method.
+named parameters are still type-checked. What only the loaded model knows (e.g. whether
+``method.layers`` exist in it) stays in the method. ``tests/test_fuzz.py`` tries wrong
+types, negative, zero, NaN, huge and unknown values on every key against these rules.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import logging
 import math
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra.utils import get_object
@@ -43,21 +50,249 @@ log = logging.getLogger(__name__)
 
 # parameters the runner passes itself (never from the config)
 RUNTIME = {"method": ("ctx",), "data": ("trait",), "eval.judge": ("lm",)}
-# lower bounds on numeric parameters: {(target, parameter): (operator, bound)}; "*" = any
-# target of that group. The wording matches the methods' own checks.
-BOUNDS = {
-    ("method", "*", "batch_size"): (">=", 1),
-    ("method", "pkt.methods.neuron.NeuronMethod", "strength"): (">=", 0),
-    ("data", "*", "n_search"): (">=", 1),
-    ("data", "*", "n_test"): (">=", 1),
-    ("eval", "*", "batch_size"): (">=", 1),
-    ("eval.judge", "*", "batch_size"): (">=", 1),
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a parameter accepts beyond its type: a numeric range (``lo``/``hi``, open or
+    closed; ``also``: numbers allowed outside it, e.g. -1 for "no cap"), the strings it
+    accepts (``choices``: a tuple, or ``"module:NAME"`` of a tuple or dict in the module that
+    defines them; ``fold``: compared stripped and lower-cased), ``nonempty`` strings or
+    lists, ``each``: the range applies to the elements of a list, ``check``: a function
+    ``(where, value)`` raising PktError for what the rest cannot say."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    also: tuple = ()
+    choices: tuple | str | Callable | None = None
+    fold: bool = False
+    nonempty: bool = False
+    each: bool = False
+    check: Callable | None = None
+
+    def in_range(self, v) -> bool:
+        if v in self.also:
+            return True
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+    def range_words(self) -> str:
+        lo, hi = self.lo, self.hi
+        if lo is not None and hi is not None:
+            w = (f"in {'(' if self.lo_open else '['}{lo:g}, {hi:g}"
+                 f"{')' if self.hi_open else ']'}")
+        elif lo is not None:
+            w = f"{'>' if self.lo_open else '>='} {lo:g}"
+        elif hi is not None:
+            w = f"{'<' if self.hi_open else '<='} {hi:g}"
+        else:
+            return ""
+        return w + "".join(f" or {a:g}" for a in self.also)
+
+    def has_range(self) -> bool:
+        return self.lo is not None or self.hi is not None
+
+    def allowed(self) -> tuple | None:
+        c = self.choices
+        if c is None:
+            return None
+        if callable(c):
+            c = c()
+        elif isinstance(c, str):
+            mod, _, name = c.partition(":")
+            c = getattr(importlib.import_module(mod), name)
+        return tuple(c)
+
+
+def _lightning_precisions() -> tuple:
+    from lightning.fabric.connector import (
+        _PRECISION_INPUT_INT,
+        _PRECISION_INPUT_STR,
+        _PRECISION_INPUT_STR_ALIAS,
+    )
+
+    return tuple(typing.get_args(_PRECISION_INPUT_STR) + typing.get_args(_PRECISION_INPUT_STR_ALIAS)
+                 + typing.get_args(_PRECISION_INPUT_INT))
+
+
+def _lightning_accelerators() -> tuple:
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    return ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+
+
+def _check_precision(where: str, v) -> None:
+    allowed = _lightning_precisions()
+    if v not in allowed or isinstance(v, bool):
+        raise PktError(f"unknown {where} {_show(v)} (choose from: "
+                       f"{', '.join(str(a) for a in allowed)})")
+
+
+def _check_devices(where: str, v) -> None:
+    """Lightning's ``devices``: auto, a count (>= 1, or -1: all), or device ids (a list, or a
+    comma-separated string). Whether this machine has them is Lightning's to say."""
+    def count(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and (1 <= x <= MAX_DEVICES
+                                                                   or x == -1)
+
+    def ids(xs) -> bool:
+        return bool(xs) and all(isinstance(x, int) and not isinstance(x, bool)
+                                and 0 <= x < MAX_DEVICES for x in xs)
+
+    ok = v == "auto" or count(v)
+    if isinstance(v, str) and not ok:
+        parts = [x.strip() for x in v.split(",")]
+        try:
+            nums = [int(x) for x in parts if x]
+        except ValueError:
+            nums = None
+        ok = nums is not None and len(nums) == len(parts) and (
+            count(nums[0]) if len(nums) == 1 and "," not in v else ids(nums))
+    if isinstance(v, (list, tuple)):
+        ok = ids(list(v))
+    if not ok:
+        raise PktError(f"{where} must be auto, a device count in [1, {MAX_DEVICES}] (or -1: all), "
+                       f"or a list of device ids >= 0, got {_show(v)}")
+
+
+def _device_list(v) -> tuple[int | None, list[int] | None]:
+    """Lightning's ``devices`` (already well formed) as (count, ids): one of them is set."""
+    if isinstance(v, (list, tuple)):
+        return None, [int(x) for x in v]
+    if isinstance(v, str) and "," in v:
+        return None, [int(x) for x in v.split(",") if x.strip()]
+    return int(v), None
+
+
+def _check_lora_devices(node: dict) -> None:
+    """``method.devices`` against this machine, as Lightning will check it when training
+    starts (after identification): CPU takes a process count, CUDA ids or counts that exist."""
+    dev, acc = node.get("devices", "auto"), str(node.get("accelerator", "auto"))
+    if dev == "auto" or acc not in ("auto", "cpu", "gpu", "cuda"):
+        return
+    import torch
+
+    if acc in ("auto", "gpu"):
+        mps = getattr(torch.backends, "mps", None)
+        acc = ("cuda" if torch.cuda.is_available()
+               else "mps" if mps is not None and mps.is_available() else "cpu")
+    n, ids = _device_list(dev)
+    if acc == "cpu":
+        if ids is not None or n is None or n < 1:
+            raise PktError(f"method.devices on CPU is a number of processes >= 1, got "
+                           f"{_show(dev)} (accelerator {node.get('accelerator', 'auto')})")
+    elif acc == "cuda":
+        have = torch.cuda.device_count()
+        missing = [i for i in ids if i >= have] if ids is not None else []
+        if missing or (n is not None and n > have):
+            raise PktError(f"method.devices={_show(dev)} asks for GPUs this machine does not have "
+                           f"({have} visible)")
+
+
+MAX_DEVICES = 1024  # per node
+
+
+def _check_url(where: str, v) -> None:
+    import urllib.parse
+
+    parsed = urllib.parse.urlparse(str(v).strip())
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise PktError(f"{where} must be an http(s) URL, got {_show(v)}")
+
+
+def _check_folder(where: str, v) -> None:
+    """A folder to read from (published neurons, a saved adapter); empty means none."""
+    if not str(v).strip():
+        return
+    f = Path(str(v))
+    if not f.is_dir():
+        raise PktError(f"{where}: {'not a folder' if f.exists() else 'folder not found'}: {v}")
+
+
+def _check_device(where: str, v) -> None:
+    if v in (None, "auto"):
+        return
+    import torch
+
+    try:
+        torch.device(str(v))
+    except (RuntimeError, ValueError):
+        raise PktError(f"{where} must be auto or a torch device (cpu, cuda, cuda:1, mps), "
+                       f"got {_show(v)}") from None
+
+
+AT_LEAST_1 = Rule(lo=1)
+POSITIVE = Rule(lo=0, lo_open=True)
+NON_NEGATIVE = Rule(lo=0)
+# ranges and choices by (group, target, parameter); "*" = any target of that group. The
+# wording follows the methods' own checks, which still run (after the model is loaded).
+NEURON, ACTADD, LORA = ("pkt.methods.neuron.NeuronMethod", "pkt.methods.actadd.ActAddMethod",
+                        "pkt.methods.lora.LoraMethod")
+OPENAI, LOCAL = "pkt.eval.judge.OpenAIJudge", "pkt.eval.judge.LocalJudge"
+RULES = {
+    ("method", "*", "name"): Rule(nonempty=True),
+    ("method", "*", "batch_size"): AT_LEAST_1,
+    ("method", NEURON, "strength"): Rule(lo=0, choices=("auto",), fold=True),
+    ("method", NEURON, "k_min"): POSITIVE,
+    ("method", NEURON, "keep_prob"): Rule(lo=0, hi=1, lo_open=True),
+    ("method", NEURON, "neurons_from"): Rule(check=_check_folder),
+    ("method", NEURON, "selection"): Rule(choices="pkt.neurons.select:SELECTIONS"),
+    ("method", NEURON, "strength_grid"): Rule(lo=0, each=True, nonempty=True),
+    ("method", NEURON, "max_ppl_ratio"): POSITIVE,
+    ("method", NEURON, "min_mc_ratio"): NON_NEGATIVE,
+    ("method", NEURON, "auto_n_mc"): AT_LEAST_1,
+    ("method", ACTADD, "layers"): Rule(nonempty=True),
+    ("method", ACTADD, "position"): Rule(choices="pkt.methods.actadd:POSITIONS"),
+    ("method", LORA, "rank"): AT_LEAST_1,
+    ("method", LORA, "alpha"): POSITIVE,
+    ("method", LORA, "dropout"): Rule(lo=0, hi=1, hi_open=True),
+    ("method", LORA, "target_modules"): Rule(nonempty=True, each=True),
+    ("method", LORA, "lr"): POSITIVE,
+    ("method", LORA, "weight_decay"): NON_NEGATIVE,
+    ("method", LORA, "max_epochs"): AT_LEAST_1,
+    ("method", LORA, "max_steps"): Rule(lo=1, also=(-1,)),
+    ("method", LORA, "val_fraction"): Rule(lo=0, hi=1, lo_open=True, hi_open=True),
+    ("method", LORA, "patience"): NON_NEGATIVE,
+    ("method", LORA, "max_length"): Rule(lo=2),
+    ("method", LORA, "grad_clip"): NON_NEGATIVE,
+    ("method", LORA, "accumulate_grad_batches"): AT_LEAST_1,
+    ("method", LORA, "accelerator"): Rule(choices=_lightning_accelerators),
+    ("method", LORA, "devices"): Rule(check=_check_devices),
+    ("method", LORA, "strategy"): Rule(choices="pkt.methods.lora:STRATEGIES"),
+    ("method", LORA, "precision"): Rule(check=_check_precision),
+    ("method", LORA, "adapter_from"): Rule(check=_check_folder),
+    ("method", "pkt.methods.prompt.PromptMethod", "variant"):
+        Rule(choices="pkt.methods.prompt:VARIANTS"),
+    ("data", "*", "n_search"): AT_LEAST_1,
+    ("data", "*", "n_test"): AT_LEAST_1,
+    ("data", "*", "path"): Rule(nonempty=True),
+    ("eval", "*", "batch_size"): AT_LEAST_1,
+    ("eval", "pkt.eval.Evaluation", "trait_scorer"): Rule(choices=("auto", "offline", "judge")),
+    ("eval", "pkt.eval.Evaluation", "capability_n_mc"): AT_LEAST_1,
+    ("eval.judge", "*", "batch_size"): AT_LEAST_1,
+    ("eval.judge", OPENAI, "model"): Rule(nonempty=True),
+    ("eval.judge", OPENAI, "base_url"): Rule(check=_check_url),
+    ("eval.judge", OPENAI, "temperature"): Rule(lo=0, hi=2),  # the OpenAI API's range
+    ("eval.judge", OPENAI, "max_tokens"): AT_LEAST_1,
+    # a day per request at most (a socket timeout must fit in the platform's time_t)
+    ("eval.judge", OPENAI, "timeout"): Rule(lo=0, hi=86400, lo_open=True),
+    ("eval.judge", OPENAI, "max_retries"): NON_NEGATIVE,
+    ("eval.judge", OPENAI, "backoff"): NON_NEGATIVE,
+    ("eval.judge", OPENAI, "concurrency"): AT_LEAST_1,
+    ("eval.judge", LOCAL, "path"): Rule(nonempty=True),
+    ("eval.judge", LOCAL, "dtype"): Rule(choices="pkt.models:_DTYPES"),
+    ("eval.judge", LOCAL, "device"): Rule(check=_check_device),
 }
+# checks of several values of one node together: {(group, target): function(node)}
+NODE_CHECKS = {("method", LORA): _check_lora_devices}
 # values a parameter accepts beyond its annotation (the annotation is narrower than what
 # the library behind it takes): Lightning's precision may be 16, 32 or 64
-ALSO = {("pkt.methods.lora.LoraMethod", "precision"): [("int", None)]}
-GEN_BOUNDS = {"max_new_tokens": ("int", (">=", 1)), "batch_size": ("int", (">=", 1)),
-              "repetition_penalty": ("number", (">", 0))}
+ALSO = {(LORA, "precision"): [("int", None)]}
+GEN_RULES = {"max_new_tokens": ("int", AT_LEAST_1), "batch_size": ("int", AT_LEAST_1),
+             "repetition_penalty": ("number", POSITIVE)}
 
 _WORDS = {"null": "null", "bool": "true or false", "int": "an integer",
           "number": "a finite number", "str": "a string", "list": "a list",
@@ -131,36 +366,70 @@ def _show(v) -> str:
     return str(v)
 
 
-def _describe(kinds: list, bound) -> str:
+def _describe(kinds: list, rule: Rule | None) -> str:
     words = []
     for kind, _ in kinds:
         w = _WORDS[kind]
-        if bound and kind in ("int", "number"):
-            w += f" {bound[0]} {bound[1]:g}"
+        if rule is not None and kind in ("int", "number") and rule.has_range():
+            w += f" {rule.range_words()}"
+        if rule is not None and kind == "str" and rule.choices is not None:
+            w = " or ".join(repr(c) for c in rule.allowed())
+        elif rule is not None and kind == "str" and rule.nonempty:
+            w = "a non-empty string"
         if w not in words:
             words.append(w)
     return " or ".join(words)
 
 
-def _in_bound(v, bound) -> bool:
-    op, b = bound
-    return v >= b if op == ">=" else v > b
+def _choice_error(where: str, v, allowed: tuple) -> PktError:
+    return PktError(f"unknown {where} {_show(v)} (choose from: "
+                    f"{', '.join(str(a) for a in allowed)})")
 
 
-def check_value(where: str, v, kinds: list | None, bound=None) -> None:
-    """``v`` must be one of ``kinds`` (within ``bound`` if it is a number)."""
+def check_value(where: str, v, kinds: list | None, rule: Rule | None = None) -> None:
+    """``v`` must be one of ``kinds``, and within ``rule`` (a range for numbers, choices or
+    non-empty for strings, non-empty and element rules for lists, its own check)."""
     if kinds is None:
+        if rule is not None and v is not None and rule.check is not None:
+            rule.check(where, v)
         return
+    only_choices = (rule is not None and rule.choices is not None
+                    and [k for k, _ in kinds if k != "null"] == ["str"])
     for kind, elem in kinds:
         if not _is(kind, v):
             continue
-        if kind in ("int", "number") and bound and not _in_bound(v, bound):
-            break
-        if kind == "list" and elem is not None:
+        if rule is not None:
+            if kind in ("int", "number") and rule.has_range() and not rule.in_range(v):
+                break
+            if kind == "str":
+                allowed = rule.allowed()
+                if allowed is not None:
+                    key = v.strip().lower() if rule.fold else v
+                    if key not in allowed:
+                        if only_choices:
+                            raise _choice_error(where, v, allowed)
+                        break
+                if rule.nonempty and not v.strip():
+                    break
+            if kind == "list":
+                if rule.nonempty and not v:
+                    raise PktError(f"{where} must be a non-empty list, got []")
+                if rule.each:
+                    inner = (Rule(lo=rule.lo, hi=rule.hi, lo_open=rule.lo_open,
+                                  hi_open=rule.hi_open) if rule.has_range()
+                             else Rule(nonempty=rule.nonempty))
+                    for i, x in enumerate(v):
+                        check_value(f"{where}[{i}]", x, elem or (
+                            [("number", None)] if rule.has_range() else None), inner)
+        if kind == "list" and elem is not None and not (rule is not None and rule.each):
             for i, x in enumerate(v):
                 check_value(f"{where}[{i}]", x, elem)
+        if rule is not None and rule.check is not None and v is not None:
+            rule.check(where, v)
         return
-    raise PktError(f"{where} must be {_describe(kinds, bound)}, got {_show(v)}")
+    if only_choices:
+        raise _choice_error(where, v, rule.allowed())
+    raise PktError(f"{where} must be {_describe(kinds, rule)}, got {_show(v)}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,8 +505,10 @@ def check_node(group: str, node: dict, label: str | None = None, types_too: bool
         kinds = _kinds(hints[key]) if key in hints else _kinds_of_default(params[key].default)
         if kinds is not None:
             kinds = kinds + ALSO.get((name, key), [])
-        bound = BOUNDS.get((group, name, key)) or BOUNDS.get((group, "*", key))
-        check_value(f"{group}.{key}", v, kinds, bound)
+        rule = RULES.get((group, name, key)) or RULES.get((group, "*", key))
+        check_value(f"{group}.{key}", v, kinds, rule)
+    if (group, name) in NODE_CHECKS:
+        NODE_CHECKS[(group, name)](node)
     return obj
 
 
@@ -253,9 +524,9 @@ def check_gen(where: str, block) -> None:
     for key in block:
         if key not in valid:
             raise PktError(f"unknown key {where}.{key} (valid: {', '.join(valid)})")
-    for key, (kind, bound) in GEN_BOUNDS.items():
+    for key, (kind, rule) in GEN_RULES.items():
         if key in block:
-            check_value(f"{where}.{key}", block[key], [(kind, None)], bound)
+            check_value(f"{where}.{key}", block[key], [(kind, None)], rule)
 
 
 def check_data(node: dict, obj) -> None:
@@ -265,15 +536,36 @@ def check_data(node: dict, obj) -> None:
         check_data_folder(Path(node["path"]))
 
 
-def check_judge_endpoint(node: dict, obj) -> None:
-    """One cheap request to the judge before any work (targets with ``check_endpoint``)."""
-    if not isinstance(obj, type) or not hasattr(obj, "check_endpoint"):
+def _settable(node: dict) -> dict:
+    return {k: v for k, v in node.items() if not str(k).startswith("_")}
+
+
+def build_judge(node: dict, obj):
+    """The judge itself (its constructor checks the rest and loads nothing), or None."""
+    if not isinstance(obj, type):
+        return None
+    return obj(**_settable(node))
+
+
+def check_judge_endpoint(node: dict, judge) -> None:
+    """One cheap request to the judge before any work (judges with ``check_endpoint``)."""
+    if judge is None or not hasattr(judge, "check_endpoint"):
         return
     if not node.get("preflight", True):
         log.info("judge endpoint check skipped (eval.judge.preflight=false)")
         return
-    judge = obj(**{k: v for k, v in node.items() if not str(k).startswith("_")})
     judge.check_endpoint()
+
+
+def build_evaluator(node: dict, obj, judge) -> None:
+    """The evaluator's constructor (cheap) checks combinations, e.g. trait_scorer=judge
+    without a judge, before the run instead of after every answer was generated."""
+    if not isinstance(obj, type):
+        return
+    kw = {k: v for k, v in _settable(node).items() if k != "judge"}
+    if "judge" in node:
+        kw["judge"] = judge
+    obj(**kw)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -300,8 +592,10 @@ def validate(cfg: DictConfig) -> None:
     ev = plain(cfg, "eval")
     if not isinstance(ev, dict) or "_target_" not in ev:
         return
-    check_node("eval", ev)
-    judge = ev.get("judge")
-    if isinstance(judge, dict) and "_target_" in judge:
-        jobj = check_node("eval.judge", judge)
-        check_judge_endpoint(judge, jobj)
+    eobj = check_node("eval", ev)
+    node, judge = ev.get("judge"), None
+    if isinstance(node, dict) and "_target_" in node:
+        judge = build_judge(node, check_node("eval.judge", node))
+    build_evaluator(ev, eobj, judge)
+    if judge is not None:
+        check_judge_endpoint(node, judge)

@@ -107,11 +107,13 @@ def test_every_method_config_instantiates_on_tiny(method, tiny, tmp_path):
     assert m.name == cfg.method.name
 
 
-def test_valid_values_of_every_shape_pass():
-    check(["method.k_min=600", "method.k_min=0.02", "method.neurons_from=/x", "method.strength=2"])
+def test_valid_values_of_every_shape_pass(tmp_path):
+    check(["method.k_min=600", "method.k_min=0.02", f"method.neurons_from={tmp_path}",
+           "method.strength=2", "method.strength=auto", "method.keep_prob=1"])
     check(["method=actadd", "method.layers=[1,0]", "method.layers=1", "method.coefficient=-3"])
-    check(["method=lora", "method.precision=16", "method.devices=[0]", "method.grad_clip=null",
-           "method.max_steps=-1", "method.alpha=8"])
+    check(["method=lora", "method.precision=16", "method.grad_clip=null", "method.max_steps=-1",
+           "method.alpha=8", "method.precision=bf16-mixed", "method.devices=2",
+           "method.strategy=ddp", "method.dropout=0"])
     check(["data.n_search=null", "data.n_test=null", "gen.repetition_penalty=1",
            "search_gen.batch_size=1"])
     check(["method=base", "+method.note=anything"])  # **params: any key
@@ -122,19 +124,50 @@ def test_valid_values_of_every_shape_pass():
 
 
 @pytest.mark.parametrize("overrides,msg", [
-    (["method.strength=abc"], "method.strength must be a finite number >= 0, got 'abc'"),
-    (["method.strength=true"], "method.strength must be a finite number >= 0, got true"),
-    (["method.strength=inf"], "method.strength must be a finite number >= 0, got inf"),
-    (["method.k_min=lots"], "method.k_min must be a finite number, got 'lots'"),
+    (["method.strength=abc"], "method.strength must be a finite number >= 0 or 'auto', got 'abc'"),
+    (["method.strength=true"], "method.strength must be a finite number >= 0 or 'auto', got true"),
+    (["method.strength=inf"], "method.strength must be a finite number >= 0 or 'auto', got inf"),
+    (["method.keep_prob=0"], "method.keep_prob must be a finite number in (0, 1], got 0"),
+    (["method.keep_prob=1.5"], "method.keep_prob must be a finite number in (0, 1], got 1.5"),
+    (["method.k_min=0"], "method.k_min must be a finite number > 0, got 0"),
+    (["method.diff_threshold=nan"], "method.diff_threshold must be a finite number, got nan"),
+    (["method.selection=best"], "unknown method.selection 'best' (choose from: npti, effect_size)"),
+    (["method.strength_grid=[1,-1]"], "method.strength_grid[1] must be a finite number >= 0, "
+                                      "got -1"),
+    (["method.neurons_from=/no/such/folder"], "method.neurons_from: folder not found: /no/such"),
+    (["method=actadd", "method.coefficient=nan"], "method.coefficient must be a finite number"),
+    (["method=actadd", "method.position=first"],
+     "unknown method.position 'first' (choose from: mean, last)"),
+    (["method=actadd", "method.layers=[]"], "method.layers must be a non-empty list, got []"),
+    (["method=lora", "method.lr=0"], "method.lr must be a finite number > 0, got 0"),
+    (["method=lora", "method.dropout=1"], "method.dropout must be a finite number in [0, 1), got 1"),
+    (["method=lora", "method.max_steps=0"], "method.max_steps must be an integer >= 1 or -1, got 0"),
+    (["method=lora", "method.precision=fp8"], "unknown method.precision 'fp8' (choose from: "),
+    (["method=lora", "method.devices=[a]"], "method.devices must be auto, a device count in [1, 1024]"),
+    (["method=lora", "method.strategy=horovod"], "unknown method.strategy 'horovod' (choose from"),
+    (["eval.capability_n_mc=0"], "eval.capability_n_mc must be an integer >= 1 or null, got 0"),
+    (["eval.capability_n_mc=-5"], "eval.capability_n_mc must be an integer >= 1 or null, got -5"),
+    (["eval.trait_scorer=judge"], "eval.trait_scorer=judge needs a judge"),
+    (["eval/judge=openai", "eval.judge.timeout=0"],
+     "eval.judge.timeout must be a finite number in (0, 86400], got 0"),
+    (["eval/judge=openai", "eval.judge.timeout=1e30"],
+     "eval.judge.timeout must be a finite number in (0, 86400], got 1e+30"),
+    (["eval/judge=openai", "eval.judge.concurrency=0"],
+     "eval.judge.concurrency must be an integer >= 1, got 0"),
+    (["eval/judge=openai", "eval.judge.preflight=false", "eval.judge.base_url=localhost:8000"],
+     "eval.judge.base_url must be an http(s) URL, got 'localhost:8000'"),
+    (["eval/judge=local", "eval.judge.path=/j", "eval.judge.device=gpu0"],
+     "eval.judge.device must be auto or a torch device"),
+    (["method.k_min=lots"], "method.k_min must be a finite number > 0, got 'lots'"),
     (["method.deactivate=yes"], "method.deactivate must be true or false, got 'yes'"),
     (["method.neurons_from=3"], "method.neurons_from must be a string or null, got 3"),
     (["method=actadd", "method.layers=[a]"], "method.layers[0] must be an integer, got 'a'"),
     (["method=actadd", "method.coefficient=big"], "method.coefficient must be a finite number"),
     (["method=actadd", "method.batch_size=0"], "method.batch_size must be an integer >= 1, got 0"),
     (["method=lora", "method.batch_size=-2"], "method.batch_size must be an integer >= 1, got -2"),
-    (["method=lora", "method.rank=8.5"], "method.rank must be an integer, got 8.5"),
-    (["method=lora", "method.target_modules=[1]"], "method.target_modules[0] must be a string"),
-    (["method=prompt", "method.variant=1"], "method.variant must be a string, got 1"),
+    (["method=lora", "method.rank=8.5"], "method.rank must be an integer >= 1, got 8.5"),
+    (["method=lora", "method.target_modules=[1]"], "method.target_modules[0] must be a non-empty string, got 1"),
+    (["method=prompt", "method.variant=1"], "unknown method.variant 1 (choose from: simple, p2)"),
     (["gen.batch_size=0"], "gen.batch_size must be an integer >= 1, got 0"),
     (["gen.batch_size=-4"], "gen.batch_size must be an integer >= 1, got -4"),
     (["gen.batch_size=2.5"], "gen.batch_size must be an integer >= 1, got 2.5"),
@@ -158,7 +191,7 @@ def test_valid_values_of_every_shape_pass():
     (["eval/judge=local", "eval.judge.path=/j", "eval.judge.batch_size=0"],
      "eval.judge.batch_size must be an integer >= 1, got 0"),
     (["eval/judge=openai", "eval.judge.timeout=soon"],
-     "eval.judge.timeout must be a finite number, got 'soon'"),
+     "eval.judge.timeout must be a finite number in (0, 86400], got 'soon'"),
     (["eval/judge=openai", "eval.judge.preflight=maybe"],
      "eval.judge.preflight must be true or false, got 'maybe'"),
 ])
@@ -167,6 +200,25 @@ def test_bad_value_is_named(overrides, msg):
         check(overrides)
     assert str(ei.value).startswith(msg), str(ei.value)
     assert "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("cuda,devices,ok", [
+    (0, "2", True), (0, "auto", True), (0, "[0]", False), (0, "-1", False), (0, "'0,1'", False),
+    (2, "[0,1]", True), (2, "'0,1'", True), (2, "-1", True), (2, "2", True), (2, "[2]", False),
+    (2, "3", False), (2, "[a]", False), (2, "0", False), (2, "[]", False),
+])
+def test_lora_devices_against_this_machine(monkeypatch, cuda, devices, ok):
+    """Lightning checks devices only when training starts (after identification)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    args = ["method=lora", f"method.devices={devices}"]
+    if ok:
+        check(args)
+    else:
+        with pytest.raises(PktError, match=r"^method\.devices"):
+            check(args)
 
 
 @pytest.mark.parametrize("method,typo,valid", [
@@ -384,7 +436,8 @@ def test_no_rating_for_any_answer_fails_and_some_missing_warns(caplog):
 
 def test_cli_bad_strength_is_one_line_before_the_model(tmp_path):
     r = run_pkt(["method=neuron", *TINY, "method.strength=abc"], tmp_path)
-    assert one_error(r) == "pkt: error: method.strength must be a finite number >= 0, got 'abc'"
+    assert one_error(r) == ("pkt: error: method.strength must be a finite number >= 0 or "
+                            "'auto', got 'abc'")
     assert "test questions" not in r.stdout  # logged once data and model are loaded
     assert not results_left(tmp_path)
 
@@ -472,7 +525,8 @@ def test_cli_judge_failing_on_some_answers_warns_with_counts(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Ctrl-C: one line, exit status 130, checkpoints kept, the tracker finished
 
-SLOW_SEARCH = ["model=tiny_random", "method=neuron", "trait=openness", "logger=none", "eval=none",
+SLOW_SEARCH = ["model=tiny_random", "method=neuron", "method.strength=1", "trait=openness",
+               "logger=none", "eval=none",
                "data.n_search=24", "data.n_test=2", "gen.max_new_tokens=4",
                "search_gen.max_new_tokens=48", "search_gen.batch_size=4"]
 
