@@ -246,7 +246,9 @@ RULES = {
     ("method", NEURON, "auto_n_mc"): AT_LEAST_1,
     ("method", ACTADD, "layers"): Rule(nonempty=True),
     ("method", ACTADD, "position"): Rule(choices="pkt.methods.actadd:POSITIONS"),
-    ("method", LORA, "rank"): AT_LEAST_1,
+    # a rank above the model's width adds nothing; 10**12 would only fail allocating the
+    # adapter after identification (no model this runs on is 65536 wide)
+    ("method", LORA, "rank"): Rule(lo=1, hi=65536),
     ("method", LORA, "alpha"): POSITIVE,
     ("method", LORA, "dropout"): Rule(lo=0, hi=1, hi_open=True),
     ("method", LORA, "target_modules"): Rule(nonempty=True, each=True),
