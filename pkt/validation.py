@@ -59,7 +59,8 @@ class Rule:
     accepts (``choices``: a tuple, or ``"module:NAME"`` of a tuple or dict in the module that
     defines them; ``fold``: compared stripped and lower-cased), ``nonempty`` strings or
     lists, ``each``: the range applies to the elements of a list, ``check``: a function
-    ``(where, value)`` raising PktError for what the rest cannot say."""
+    ``(where, value)`` raising PktError for what the rest cannot say; ``label``: the name
+    an unknown choice goes by in the message (the method's own wording)."""
 
     lo: float | None = None
     hi: float | None = None
@@ -71,6 +72,7 @@ class Rule:
     nonempty: bool = False
     each: bool = False
     check: Callable | None = None
+    label: str | None = None  # for "unknown <label> 'x'" where the method words it so
 
     def in_range(self, v) -> bool:
         if v in self.also:
@@ -267,7 +269,7 @@ RULES = {
     ("method", LORA, "precision"): Rule(check=_check_precision),
     ("method", LORA, "adapter_from"): Rule(check=_check_folder),
     ("method", "pkt.methods.prompt.PromptMethod", "variant"):
-        Rule(choices="pkt.methods.prompt:VARIANTS"),
+        Rule(choices="pkt.methods.prompt:VARIANTS", label="prompt variant"),
     ("data", "*", "n_search"): AT_LEAST_1,
     ("data", "*", "n_test"): AT_LEAST_1,
     ("data", "*", "path"): Rule(nonempty=True),
@@ -368,8 +370,11 @@ def _show(v) -> str:
     return str(v)
 
 
-def _describe(kinds: list, rule: Rule | None) -> str:
+def _describe(kinds: list, rule: Rule | None, v=None) -> str:
     words = []
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)  # nan and inf too
+    if number and any(k in ("int", "number") for k, _ in kinds):
+        kinds = [(k, e) for k, e in kinds if k != "str"]  # a number out of range: its range
     for kind, _ in kinds:
         w = _WORDS[kind]
         if rule is not None and kind in ("int", "number") and rule.has_range():
@@ -383,9 +388,9 @@ def _describe(kinds: list, rule: Rule | None) -> str:
     return " or ".join(words)
 
 
-def _choice_error(where: str, v, allowed: tuple) -> PktError:
-    return PktError(f"unknown {where} {_show(v)} (choose from: "
-                    f"{', '.join(str(a) for a in allowed)})")
+def _choice_error(where: str, v, rule: Rule) -> PktError:
+    return PktError(f"unknown {rule.label or where} {_show(v)} (choose from: "
+                    f"{', '.join(str(a) for a in rule.allowed())})")
 
 
 def check_value(where: str, v, kinds: list | None, rule: Rule | None = None) -> None:
@@ -409,7 +414,7 @@ def check_value(where: str, v, kinds: list | None, rule: Rule | None = None) -> 
                     key = v.strip().lower() if rule.fold else v
                     if key not in allowed:
                         if only_choices:
-                            raise _choice_error(where, v, allowed)
+                            raise _choice_error(where, v, rule)
                         break
                 if rule.nonempty and not v.strip():
                     break
@@ -430,8 +435,8 @@ def check_value(where: str, v, kinds: list | None, rule: Rule | None = None) -> 
             rule.check(where, v)
         return
     if only_choices:
-        raise _choice_error(where, v, rule.allowed())
-    raise PktError(f"{where} must be {_describe(kinds, rule)}, got {_show(v)}")
+        raise _choice_error(where, v, rule)
+    raise PktError(f"{where} must be {_describe(kinds, rule, v)}, got {_show(v)}")
 
 
 # ---------------------------------------------------------------------------------------
