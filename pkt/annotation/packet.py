@@ -126,7 +126,7 @@ def read_run(run_dir: Path) -> list[Answer]:
             if not isinstance(value, str) or not value:
                 raise PktError(f"{gens}:{n}: no '{field}' in metrics.json or the record")
             labels[field] = value
-        answers.append(Answer(run_dir=str(run_dir.resolve()), line=n, record=rec,
+        answers.append(Answer(run_dir=shown_path(run_dir), line=n, record=rec,
                               scorer=metrics.get("trait_scorer"), **labels))
     return answers
 
@@ -247,6 +247,16 @@ def _check_out(out: Path, force: bool) -> None:
     if held and not force:
         raise PktError(f"{out} already holds a packet ({', '.join(held)}); choose another "
                        f"--out or pass --force to replace it")
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` relative to the working folder when it lies inside it (files that are
+    committed or shared then name no machine path), absolute otherwise."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
 
 
 def make_packet(run_dirs: list[str | Path], out: str | Path, per_condition: int = 20,

@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pkt.annotation import stats  # noqa: E402
+from pkt.annotation.packet import shown_path  # noqa: E402
 from pkt.annotation.ratings import Ratings  # noqa: E402
 from pkt.artifacts import write_json_atomic, write_text_atomic  # noqa: E402
 from pkt.report import ASPECT_ORDER, DASH, METHOD_ORDER, TRAITS  # noqa: E402
@@ -163,7 +164,7 @@ def build_figures(packet_dir, key, annotators: list[Ratings], warnings: list[str
     names = [a.name for a in annotators]
     conditions = {r: condition_rows(key, annotators, r) for r in RUBRICS}
     return {
-        "packet": str(Path(packet_dir).resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "packet": shown_path(packet_dir), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "n_items": len(key), "annotators": [a.summary() for a in annotators],
         "warnings": warnings, "conditions": conditions,
         "separation": separations(conditions["trait"], names),
