@@ -58,6 +58,8 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     assert len([x for x in code.splitlines() if x.strip()]) < 15
     monkeypatch.setenv("PKT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PKT_MODEL_CACHE", str(MODEL_CACHE))
+    monkeypatch.chdir(tmp_path)  # the example saves its sets under outputs/
     env: dict = {}
     exec(compile(code, "README.md", "exec"), env)
     assert env["high"] != env["plain"] and env["low"] != env["plain"]
+    assert (tmp_path / "outputs" / "extraversion_sets" / "Extraversion_dict.json").is_file()
