@@ -2,6 +2,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,28 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def stderr_lines(r: subprocess.CompletedProcess) -> list[str]:
     return [x for x in r.stderr.splitlines() if x.strip()]
+
+
+class LocalServer:
+    """An HTTP server on 127.0.0.1 (a free port) in a thread; a context manager that stops it.
+
+    Subclasses build their request handler class and call ``self.serve(handler)``.
+    """
+
+    def serve(self, handler) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,),
+                                       daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

@@ -94,14 +94,15 @@ def test_unwritable_output_folder(tmp_path):
 @pytest.mark.embedded
 def test_neuron_changes_most_responses_and_reuses_artifacts(tmp_path):
     common = ["trait=extraversion", "data.n_test=4", "data.n_search=16",
-              "search_gen.max_new_tokens=48", "gen.max_new_tokens=48", "logger=none", "eval=none",
-              "method.strength_grid=[1.0,2.0]", "method.auto_n_mc=10"]
+              "search_gen.max_new_tokens=48", "gen.max_new_tokens=48", "logger=none", "eval=none"]
+    auto = ["method.strength_grid=[1.0,2.0]", "method.auto_n_mc=10"]
     cache = tmp_path / "cache"
-    r = run_pkt(["method=neuron", *common], tmp_path, cache=cache)
+    r = run_pkt(["method=neuron", *common, *auto], tmp_path, cache=cache)
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_pkt(["method=base", *common], tmp_path, cache=cache)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_pkt(["method=neuron", "aspect=low", *common], tmp_path, cache=cache)
+    r = run_pkt(["method=neuron", "aspect=low", *common, "method.strength=1.0"], tmp_path,
+                cache=cache)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = {}
     for d in run_dirs(tmp_path):
@@ -110,10 +111,10 @@ def test_neuron_changes_most_responses_and_reuses_artifacts(tmp_path):
     (dn, mn), (db, _), (_dl, ml) = runs[("neuron", "high")], runs[("base", "high")], runs[("neuron", "low")]
     assert mn["neuron_stats_cached"] is False and ml["neuron_stats_cached"] is True
     # strength=auto (the default) probed the grid and recorded its choice
-    for m in (mn, ml):
-        auto = m["strength_auto"]
-        assert auto["chosen"] in (1.0, 2.0) and m["params"]["strength"] == auto["chosen"]
-        assert [t["strength"] for t in auto["trials"]][:1] == [1.0]
+    chosen = mn["strength_auto"]
+    assert chosen["chosen"] in (1.0, 2.0) and mn["params"]["strength"] == chosen["chosen"]
+    assert [t["strength"] for t in chosen["trials"]][:1] == [1.0]
+    assert "strength_auto" not in ml and ml["params"]["strength"] == 1.0
     assert mn["neurons_high"] >= 599 and mn["neurons_low"] >= 599  # k_min = 1.3% of 46,080
     assert sum(mn["neurons_high_per_layer"]) == mn["neurons_high"]
     assert (dn / "neurons_per_layer.png").stat().st_size > 1000

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ from pkt.validation import validate
 from tests.conftest import (
     MODEL_CACHE,
     ROOT,
+    LocalServer,
     compose_cfg,
     openness_context,
     read_jsonl,
@@ -296,7 +297,7 @@ def test_release_numeric_strings_still_read(tmp_path):
 # judge endpoints: real local HTTP servers
 
 
-class Endpoint:
+class Endpoint(LocalServer):
     """A local server: ``chat(n)`` gives (status, content type, body) of the n-th chat request
     (0-based), ``models`` that of GET .../models."""
 
@@ -333,21 +334,8 @@ class Endpoint:
                     outer.posts += 1
                 self.reply(*outer.chat(n))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.serve(Handler)
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def rating(n: int):

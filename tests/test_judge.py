@@ -8,7 +8,7 @@ import re
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 
 import pytest
@@ -22,6 +22,7 @@ from pkt.eval.judge import (
     build_rubric,
     parse_rating,
 )
+from tests.conftest import LocalServer
 
 FACETS = ["imagination", "artistic interests", "emotionality", "adventurousness", "intellect",
           "liberalism"]
@@ -92,7 +93,7 @@ def test_build_rubric():
 # a real chat-completions server
 
 
-class FakeEndpoint:
+class FakeEndpoint(LocalServer):
     """A local OpenAI-compatible server; ``mode`` picks how the first try of an item fails.
 
     The item's rating is read from the response text (``answer-<k>`` -> ``Rating: [[k]]``),
@@ -124,14 +125,7 @@ class FakeEndpoint:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,),
-                                       daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.serve(Handler)
 
     def send(self, h, status: int, payload: bytes, headers: dict | None = None):
         h.send_response(status)
@@ -164,13 +158,6 @@ class FakeEndpoint:
             return self.send(h, 401, b'{"error": "bad key"}')
         return self.ok(h, content)
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 ITEMS = [{"question": f"Question {k}?", "response": f"answer-{k} from the model"}
