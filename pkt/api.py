@@ -17,10 +17,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pkt import CONF_DIR, DATA_DIR, ROOT_DIR, PktError, prompts
 from pkt.artifacts import ArtifactStore, write_json_atomic
-from pkt.neurons.select import NeuronSet
+
+if TYPE_CHECKING:  # torch is imported only when the API is used, not by `import pkt`
+    from pkt.neurons.select import NeuronSet
 
 ASPECTS = ("high", "low")
 OTHER = {"high": "low", "low": "high"}
