@@ -273,7 +273,6 @@ def generate(model, tokenizer, prompts: list[str], gen: GenConfig, desc: str = "
         if stats is not None:
             stats.tokens += n_new
             stats.seconds += dt
-            stats.per_batch.append((len(idx), n_new, dt))
         bar.update(len(idx))
         bar.set_postfix(tok_s=f"{n_new / dt:.0f}" if dt > 0 else "-")
     bar.close()

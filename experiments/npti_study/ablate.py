@@ -52,15 +52,6 @@ def parse_grid(items):
     return grid
 
 
-class _Ctx:
-    def __init__(self, ind):
-        self.ind = ind
-
-    def intervention(self, positions=None):
-        self.ind.positions = positions
-        return self.ind.apply()
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trait", required=True)

@@ -144,8 +144,7 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
                     gens = generate(lm.model, lm.tokenizer, [texts[i] for i in part], gen,
                                     progress=False, stats=gen_stats, positions=state)
                 for i, g in zip(part, gens):
-                    answers[i] = {"i": i, "text": g.text, "prompt_ids": g.prompt_ids,
-                                  "response_ids": g.response_ids}
+                    answers[i] = {"i": i, "text": g.text, "response_ids": g.response_ids}
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, key, aspect, stats,
                                      [answers[i] for i in order if i in answers], gen.batch_size)
