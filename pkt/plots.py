@@ -42,3 +42,34 @@ def diff_distribution(diffs, selected_min: dict[str, float], title: str, path: P
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def leakage_heatmap(values: list[list[float | None]], rows: list[str], cols: list[str],
+                    marks: list[list[bool]], path: Path, title: str) -> Path:
+    """Rows: induced trait and aspect; columns: scored traits; colour: change vs base."""
+    import math
+
+    import numpy as np
+
+    a = np.array([[math.nan if v is None else v for v in r] for r in values], dtype=float)
+    lim = max(0.25, float(np.nanmax(np.abs(a))) if np.isfinite(a).any() else 1.0)
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 2.8, 0.45 * len(rows) + 1.6))
+    im = ax.imshow(a, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            if np.isfinite(a[i, j]):
+                ax.text(j, i, f"{a[i, j]:+.2f}", ha="center", va="center", fontsize=8,
+                        fontweight="bold" if marks[i][j] else "normal")
+            if marks[i][j]:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5,
+                                           color="black"))
+    ax.set_xticks(range(len(cols)), cols, rotation=20)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("scored trait")
+    ax.set_ylabel("induced")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="trait score - base (1-5 scale)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -45,10 +45,11 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pkt import CONF_DIR, PktError
+from pkt import CONF_DIR, PktError, profiles
 from pkt.artifacts import write_json_atomic, write_text_atomic
 from pkt.generation import GenConfig
-from pkt.methods import RunContext
+from pkt.methods import ProfileMethod, RunContext
+from pkt.traits import Trait
 from pkt.validation import validate
 
 log = logging.getLogger("pkt.run")
@@ -136,18 +137,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_tracker(cfg: DictConfig, run_dir: Path, label: str):
+def build_tracker(cfg: DictConfig, run_dir: Path, label: str, what: str | None = None):
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     group = cfg.logger.get("group") or (Path(hc.sweep.dir).name if multirun else None)
     if group and cfg.get("tag"):
         group = f"{cfg.tag}-{group}"
-    name = f"{label}-{cfg.trait.name}-{cfg.aspect}-{cfg.model.name}"
+    name = f"{label}-{what or f'{cfg.trait.name}-{cfg.aspect}'}-{cfg.model.name}"
     if multirun:
         name = f"{hc.job.num}-{name}"
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return instantiate(cfg.logger, run_dir=run_dir, run_config=resolved, name=name, group=group,
                        _recursive_=False, _convert_="all")
+
+
+def scored_traits(cfg: DictConfig, profile, multi: bool) -> list[str]:
+    """Whose test questions a run answers: ``score_traits=own`` (the induced trait or the
+    profile's traits), ``all`` (those first, then the other Big Five), ``auto`` (own for a
+    single-trait run, all for a profile)."""
+    mode = cfg.get("score_traits", "auto") or "auto"
+    if mode not in ("auto", "own", "all"):
+        raise PktError(f"unknown score_traits '{mode}' (choose from: auto, own, all)")
+    own = [e.trait for e in profile]
+    if mode == "own" or (mode == "auto" and not multi):
+        return own
+    return own + [t for t in profiles.TRAIT_NAMES if t not in own]
 
 
 def run(cfg: DictConfig) -> dict:
@@ -165,33 +179,69 @@ def run(cfg: DictConfig) -> dict:
         raise PktError(f"output folder is not writable: {run_dir} ({e.strerror})") from None
     # every value checkable without data or model (and the judge endpoint), before any work
     validate(cfg)
+    profile = profiles.from_run_config(cfg)
+    multi = profiles.is_profile_run(cfg)
+    scored = scored_traits(cfg, profile, multi)
     seed_everything(int(cfg.seed))
     label = cfg.method.name + (f"_{cfg.method.variant}" if "variant" in cfg.method else "")
-    tracker = build_tracker(cfg, run_dir, label)
+    tracker = build_tracker(cfg, run_dir, label, profiles.slug(profile.label) if multi else None)
     ok = stopped = False
     try:
         with timed(timings, "load_data"):
-            bench = instantiate(cfg.data, trait=cfg.trait.name)
+            benches = {t: instantiate(cfg.data, trait=t)
+                       for t in dict.fromkeys([*(e.trait for e in profile), *scored])}
         with timed(timings, "load_model"):
             lm = instantiate(cfg.model).load()
-        ctx = RunContext(lm=lm, bench=bench, trait=cfg.trait, aspect=cfg.aspect,
-                         seed=int(cfg.seed), gen=GenConfig.from_cfg(cfg.gen), run_dir=run_dir,
-                         cache_dir=Path(cfg.paths.cache_dir), tracker=tracker)
-        # built as a partial, then given the context (a plain object, kept out of OmegaConf)
-        method = instantiate(cfg.method, _partial_=True, _recursive_=False, _convert_="all")(ctx=ctx)
-        log.info("method %s, trait %s (%s), model %s, %d test questions", method.label,
-                 bench.trait, cfg.aspect, lm.name, len(bench.test))
+
+        def context(trait, aspect, bench, where: Path, stats=None) -> RunContext:
+            c = RunContext(lm=lm, bench=bench, trait=trait, aspect=aspect, seed=int(cfg.seed),
+                           gen=GenConfig.from_cfg(cfg.gen), run_dir=where,
+                           cache_dir=Path(cfg.paths.cache_dir), tracker=tracker)
+            if stats is not None:
+                c.gen_stats = stats
+            return c
+
+        def build(c: RunContext):
+            # built as a partial, then given the context (a plain object, kept out of OmegaConf)
+            return instantiate(cfg.method, _partial_=True, _recursive_=False,
+                               _convert_="all")(ctx=c)
+
+        if multi:
+            first = benches[profile.traits[0].trait]
+            ctx = context(None, None, first, run_dir)
+            parts = []
+            for e in profile:
+                where = run_dir / "parts" / e.trait
+                where.mkdir(parents=True, exist_ok=True)
+                part = build(context(Trait.load(e.trait), e.aspect, benches[e.trait], where,
+                                     ctx.gen_stats))
+                part.use_profile_strength(e.strength)
+                parts.append(part)
+            method = ProfileMethod(ctx, parts, profile)
+            log.info("method %s, profile %s, model %s", method.label, profile.label, lm.name)
+        else:
+            ctx = context(Trait.from_cfg(cfg.trait), cfg.aspect, benches[cfg.trait.name], run_dir)
+            method = build(ctx)
+            log.info("method %s, trait %s (%s), model %s", method.label, ctx.bench.trait,
+                     cfg.aspect, lm.name)
         with timed(timings, "prepare"):
             method.prepare()
-        questions = [r["question"] for r in bench.test]
+        asked = [(t, r) for t in scored for r in benches[t].test]
+        questions = [r["question"] for _, r in asked]
+        log.info("%d test questions (%s)", len(questions), ", ".join(scored))
         with timed(timings, "respond"):
             gens = method.respond(questions)
         params = method.describe()
+
+        def aspect_of(t: str) -> str | None:
+            return profile.aspect_of(t) if multi else (cfg.aspect if t == cfg.trait.name else None)
+
         records = [{
             "id": int(r["_line"]), "question": q, "response": g.text,
-            "n_tokens": len(g.response_ids), "method": method.label, "trait": cfg.trait.name,
-            "aspect": cfg.aspect, "model": lm.name, "params": params,
-        } for r, q, g in zip(bench.test, questions, gens)]
+            "n_tokens": len(g.response_ids), "method": method.label, "trait": t,
+            "aspect": aspect_of(t), "model": lm.name, "params": params,
+            **({"profile": profile.label} if multi else {}),
+        } for (t, r), q, g in zip(asked, questions, gens)]
 
         def write_generations():
             write_text_atomic(run_dir / "generations.jsonl", "".join(
@@ -199,7 +249,9 @@ def run(cfg: DictConfig) -> dict:
 
         write_generations()  # kept even if scoring fails below
         metrics = {
-            "method": method.label, "trait": cfg.trait.name, "aspect": cfg.aspect,
+            "method": method.label,
+            "trait": None if multi else cfg.trait.name, "aspect": None if multi else cfg.aspect,
+            **({"profile": {**profile.to_dict(), "label": profile.label}} if multi else {}),
             "model": lm.name, "seed": int(cfg.seed), "n": len(records),
             "mean_response_tokens": sum(r["n_tokens"] for r in records) / max(len(records), 1),
             "gen_tokens_per_s": round(ctx.gen_stats.tokens_per_s, 2),
@@ -208,7 +260,10 @@ def run(cfg: DictConfig) -> dict:
         write_json_atomic(run_dir / "run_info.json", {
             "command": " ".join(["python -m pkt.run", *sys.argv[1:]]),
             "overrides": list(HydraConfig.get().overrides.task),
-            "data_hash": bench.data_hash, "data_files": bench.files,
+            "data_hash": {t: b.data_hash for t, b in benches.items()} if multi
+            else benches[cfg.trait.name].data_hash,
+            "data_files": {t: b.files for t, b in benches.items()} if multi
+            else benches[cfg.trait.name].files,
             "model_fingerprint": lm.fingerprint, "artifacts": ctx.artifacts,
             "seed": int(cfg.seed), "git_commit": git_commit(), "versions": versions(),
             "resolved_config": ".hydra/config.yaml",

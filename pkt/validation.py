@@ -575,6 +575,22 @@ def build_evaluator(node: dict, obj, judge) -> None:
     obj(**kw)
 
 
+def check_profile(cfg: DictConfig, method_cls) -> None:
+    """The profile (traits, aspects, strengths, conflict rule) and whether the method composes one."""
+    from pkt.profiles import Profile
+
+    mode = cfg.get("score_traits", "auto")
+    if mode not in ("auto", "own", "all", None):
+        raise PktError(f"unknown score_traits '{mode}' (choose from: auto, own, all)")
+    node = plain(cfg, "profile")
+    if node is None:
+        return
+    prof = Profile.from_config(node)
+    support = getattr(method_cls, "profile_support", True)
+    if prof and support is not True:
+        raise PktError(str(support))
+
+
 def validate(cfg: DictConfig) -> None:
     """Every config value that can be checked without data or model; PktError on the first."""
     seed = cfg.get("seed")
@@ -596,6 +612,7 @@ def validate(cfg: DictConfig) -> None:
         raise PktError(f"method._target_ '{method['_target_']}' is not a class")
     if isinstance(method.get("search_gen"), dict):
         check_gen("method.search_gen", method["search_gen"])
+    check_profile(cfg, obj)
     ev = plain(cfg, "eval")
     if not isinstance(ev, dict) or "_target_" not in ev:
         return

@@ -50,25 +50,59 @@ class NoEvaluation:
 class Evaluation:
     def __init__(self, trait_scorer: str = "auto", judge=None, fluency: bool = True,
                  capability: bool = True, capability_n_mc: int | None = 100,
-                 batch_size: int = 16, cache_dir: str | None = None):
+                 batch_size: int = 16, cache_dir: str | None = None,
+                 base_delta: bool | str = "auto"):
         if trait_scorer not in ("auto", "offline", "judge"):
             raise PktError(f"unknown eval.trait_scorer '{trait_scorer}' (choose from: auto, offline, judge)")
         if trait_scorer == "judge" and judge is None:
             raise PktError("eval.trait_scorer=judge needs a judge (eval/judge=openai or eval/judge=local)")
+        if base_delta not in ("auto", True, False):
+            raise PktError(f"eval.base_delta must be auto, true or false, got {base_delta!r}")
         self.trait_scorer = "judge" if trait_scorer == "auto" and judge is not None else trait_scorer
         if self.trait_scorer == "auto":
             self.trait_scorer = "offline"
         self.judge, self.fluency, self.capability = judge, fluency, capability
         self.n_mc, self.batch_size, self.cache_dir = capability_n_mc, batch_size, cache_dir
+        self.base_delta = base_delta
+
+    def score_traits(self, records: list[dict], progress: bool = True) -> tuple[list, dict]:
+        """Each record's trait score, by the scorer of the trait its question is about."""
+        from pkt.eval.scorer import TraitScorer
+        from pkt.traits import Trait
+
+        scores: list = [None] * len(records)
+        extra: dict = {}
+        by_trait: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            by_trait.setdefault(r["trait"], []).append(i)
+        errors = 0
+        for trait, idx in by_trait.items():
+            if self.trait_scorer == "offline":
+                got = TraitScorer(trait, self.cache_dir).score([records[i]["response"] for i in idx])
+            else:
+                facets = list(Trait.load(trait).facets)
+                items = [{"question": records[i]["question"], "response": records[i]["response"]}
+                         for i in idx]
+                res = self.judge.rate(items, "trait", trait=trait, facets=facets, progress=progress)
+                check_judged(res, "trait")
+                got = [x["rating"] for x in res]
+                errors += sum(x["error"] is not None for x in res)
+            for i, v in zip(idx, got):
+                scores[i] = v
+        if self.trait_scorer == "offline":
+            from pkt.eval.scorer import TraitScorer
+
+            extra["trait_scorer"] = TraitScorer.name
+        else:
+            extra["trait_scorer"] = "judge:" + self.judge.describe().get("model", "?")
+            extra["judge_errors"] = errors
+        return scores, extra
 
     def evaluate(self, ctx, method, records: list[dict], gens) -> dict:
         from pkt.eval import capability, fluency
-        from pkt.eval.scorer import TraitScorer
 
         m: dict = {}
-        texts = [r["response"] for r in records]
         items = [{"question": r["question"], "response": r["response"]} for r in records]
-        trait, facets = ctx.trait.name, list(ctx.trait.facets)
         if self.fluency:
             ppl = fluency.response_perplexity(ctx.lm, [r["question"] for r in records],
                                               [g.response_ids for g in gens], self.batch_size)
@@ -79,19 +113,14 @@ class Evaluation:
             m["ppl"] = summary(ppl)
             m["distinct_2"] = (summary([r["distinct_2"] for r in records]) or {}).get("mean")
             m["repetition"] = (summary([r["repetition"] for r in records]) or {}).get("mean")
-        if self.trait_scorer == "offline":
-            scores = TraitScorer(trait, self.cache_dir).score(texts)
-            m["trait_scorer"] = TraitScorer.name
-        else:
-            res = self.judge.rate(items, "trait", trait=trait, facets=facets,
-                                  progress=ctx.progress)
-            check_judged(res, "trait")
-            scores = [x["rating"] for x in res]
-            m["trait_scorer"] = "judge:" + self.judge.describe().get("model", "?")
-            m["judge_errors"] = sum(x["error"] is not None for x in res)
+        scores, extra = self.score_traits(records, ctx.progress)
+        m.update(extra)
         for r, s in zip(records, scores):
             r["trait_score"] = s
-        m["trait_score"] = summary(scores)
+        own = ctx.trait.name if ctx.trait is not None else None
+        if own is not None:  # a single-trait run: its own trait's questions
+            m["trait_score"] = summary([s for r, s in zip(records, scores) if r["trait"] == own])
+        m["traits"] = self.trait_table(ctx, method, records, scores)
         m["fluency"] = None
         if self.judge is not None:
             res = self.judge.rate(items, "fluency", progress=ctx.progress)
@@ -104,3 +133,33 @@ class Evaluation:
             m["capability"] = capability.retention(ctx.lm, method, self.cache_dir, self.n_mc,
                                                    self.batch_size)
         return m
+
+    def trait_table(self, ctx, method, records: list[dict], scores: list) -> dict:
+        """Per scored trait: the induced aspect (None: untouched), the score, and with
+        ``base_delta`` the plain model's score on the same questions and the change."""
+        traits = list(dict.fromkeys(r["trait"] for r in records))
+        want = self.base_delta is True or (self.base_delta == "auto" and len(traits) > 1)
+        base = None
+        if want:
+            if method.name == "base":
+                base = scores
+            else:
+                from pkt.eval.leakage import base_answers
+
+                texts = base_answers(ctx, [r["question"] for r in records])
+                base_recs = [{**r, "response": t} for r, t in zip(records, texts)]
+                base, _ = self.score_traits(base_recs, ctx.progress)
+                for r, t, b in zip(records, texts, base):
+                    r["base_response"], r["base_trait_score"] = t, b
+        table = {}
+        for t in traits:
+            idx = [i for i, r in enumerate(records) if r["trait"] == t]
+            row = {"aspect": records[idx[0]].get("aspect"),
+                   "score": summary([scores[i] for i in idx])}
+            if base is not None:
+                b = summary([base[i] for i in idx])
+                row["base"] = b
+                row["delta"] = (row["score"]["mean"] - b["mean"]
+                                if row["score"] and b else None)
+            table[t] = row
+        return table

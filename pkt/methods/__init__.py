@@ -4,6 +4,11 @@ A method is created from its config group (``_target_`` + ``instantiate``) with 
 :class:`RunContext`. ``prepare()`` does the expensive, cached work (identify neurons, train
 an adapter); ``intervention()`` is a context manager that makes the model "the model under
 this method" (used for generation and for capability probes); ``respond()`` answers.
+
+A profile (several traits at once, :mod:`pkt.profiles`) is one method object per trait,
+each prepared as in a single-trait run (so identification, vectors and caches are shared),
+composed by :class:`ProfileMethod` with the rules of the method's class
+(``profile_prompt`` / ``profile_intervention``).
 """
 
 from __future__ import annotations
@@ -37,8 +42,12 @@ class RunContext:
 
 
 class Method:
+    # False: the method cannot compose a profile (the runner refuses with this reason)
+    profile_support: bool | str = True
+
     def __init__(self, ctx: RunContext, name: str, **params):
         self.ctx, self.name, self.params = ctx, name, dict(params)
+        self.profile_strength: float | None = None
 
     @property
     def label(self) -> str:
@@ -69,5 +78,59 @@ class Method:
         texts = [chat_prompt(tok, self.user_prompt(q, i)) for i, q in enumerate(questions)]
         with self.intervention():
             return generate(self.ctx.lm.model, tok, texts, self.ctx.gen,
-                            desc=f"{self.label}:{self.ctx.aspect}", progress=self.ctx.progress,
+                            desc=f"{self.label}:{self.ctx.aspect or 'profile'}", progress=self.ctx.progress,
                             stats=self.ctx.gen_stats)
+
+    def use_profile_strength(self, strength: float | None) -> None:
+        """A profile's per-trait strength, set before ``prepare()`` (None: the method's own)."""
+        self.profile_strength = strength
+
+    # -- composition of a profile: one prepared method per trait ------------------------
+    @classmethod
+    def profile_prompt(cls, parts: list[Method], question: str, i: int) -> str:
+        return prompts.neutral(question)
+
+    @classmethod
+    def profile_intervention(cls, parts: list[Method], profile,
+                             positions: dict | None = None) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    @classmethod
+    def profile_info(cls, parts: list[Method], profile) -> dict:
+        """Figures about the composition (e.g. NPTI's conflicting neurons) for metrics.json."""
+        return {}
+
+
+class ProfileMethod(Method):
+    """A profile's method: one prepared method per trait, composed by their class's rules."""
+
+    def __init__(self, ctx: RunContext, parts: list[Method], profile):
+        kinds = {type(m) for m in parts}
+        if len(kinds) != 1:
+            raise ValueError("a profile composes methods of one class")
+        first = parts[0]
+        super().__init__(ctx, first.name, **{k: v for k, v in first.params.items()
+                                             if k != "strength"},
+                         profile=profile.to_dict())
+        self.kind, self.parts, self.profile = type(first), parts, profile
+        self._label = first.label
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    def prepare(self) -> None:
+        for m in self.parts:
+            m.prepare()
+        self.params["strengths"] = {m.ctx.bench.trait.lower(): getattr(m, "strength", None)
+                                    for m in self.parts}
+        self.ctx.metrics["profile_composition"] = self.kind.profile_info(self.parts, self.profile)
+        self.ctx.metrics["parts"] = {m.ctx.bench.trait.lower(): m.ctx.metrics for m in self.parts}
+        self.ctx.artifacts.update({f"{m.ctx.bench.trait.lower()}.{k}": v
+                                   for m in self.parts for k, v in m.ctx.artifacts.items()})
+
+    def user_prompt(self, question: str, i: int) -> str:
+        return self.kind.profile_prompt(self.parts, question, i)
+
+    def intervention(self, positions: dict | None = None):
+        return self.kind.profile_intervention(self.parts, self.profile, positions)

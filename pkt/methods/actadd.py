@@ -232,3 +232,24 @@ class ActAddMethod(Method):
 
     def intervention(self, positions: dict | None = None):
         return steer(self.ctx.lm.model, self.additions(), self.include_prompt, positions)
+
+    # a profile: the sum of every trait's vector times its sign and strength (1.0 when the
+    # profile gives none), at the layers of the method's config
+    @classmethod
+    def profile_additions(cls, parts: list[ActAddMethod]) -> dict[int, torch.Tensor]:
+        adds: dict[int, torch.Tensor] = {}
+        for m in parts:
+            s = 1.0 if m.profile_strength is None else float(m.profile_strength)
+            for i, v in m.additions().items():
+                adds[i] = adds[i] + s * v if i in adds else s * v
+        return adds
+
+    @classmethod
+    def profile_intervention(cls, parts: list[ActAddMethod], profile, positions=None):
+        return steer(parts[0].ctx.lm.model, cls.profile_additions(parts),
+                     parts[0].include_prompt, positions)
+
+    @classmethod
+    def profile_info(cls, parts: list[ActAddMethod], profile) -> dict:
+        adds = cls.profile_additions(parts)
+        return {"vector_norm": {str(i): float(v.norm()) for i, v in adds.items()}}

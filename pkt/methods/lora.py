@@ -178,6 +178,10 @@ class LoraModule(L.LightningModule):
 
 # -- the method ----------------------------------------------------------------------
 class LoraMethod(Method):
+    profile_support = ("method=lora does not compose profiles (its adapter is trained on one "
+                       "trait and aspect's persona answers); use method=neuron, actadd, prompt "
+                       "or prompt_p2 for a profile")
+
     def __init__(self, ctx: RunContext, name: str = "lora", rank: int = 8, alpha: float = 16,
                  dropout: float = 0.05, target_modules: list[str] | None = None,
                  lr: float = 2e-4, weight_decay: float = 0.0, batch_size: int = 8,

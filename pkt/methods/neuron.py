@@ -13,7 +13,7 @@ from pkt import PktError, plots
 from pkt.artifacts import ArtifactStore, read_meta
 from pkt.methods import Method, RunContext
 from pkt.neurons import identify
-from pkt.neurons.induce import Induction
+from pkt.neurons.induce import Induction, edit_tables
 from pkt.neurons.release import export_release, file_name, import_release
 from pkt.neurons.select import SELECTIONS, NeuronSet, resolve_k, select_sets
 from pkt.neurons.sites import shape
@@ -212,3 +212,32 @@ class NeuronMethod(Method):
         if self.stats_dir is None:
             raise PktError("no identification statistics in this run (neurons_from was used)")
         return identify.read_responses(self.stats_dir)
+
+    # -- profiles ------------------------------------------------------------------
+    def use_profile_strength(self, strength: float | None) -> None:
+        """A strength given by the profile replaces method.strength (and ``auto``)."""
+        super().use_profile_strength(strength)
+        if strength is not None:
+            self.auto = False
+            self.strength = float(strength)
+            self.params["strength"] = self.strength
+
+    def edit_part(self) -> tuple:
+        a = self.ctx.aspect
+        return self.sets[a], self.sets[OTHER[a]], self.strength
+
+    @classmethod
+    def profile_intervention(cls, parts: list[NeuronMethod], profile, positions=None):
+        """The union of every trait's edits (:func:`pkt.neurons.induce.edit_tables`)."""
+        first = parts[0]
+        return Induction(first.ctx.lm.model, None, None, keep_prob=first.keep_prob,
+                         deactivate=first.deactivate, include_prompt=first.include_prompt,
+                         seed=first.ctx.seed, positions=positions,
+                         parts=[m.edit_part() for m in parts], conflict=profile.conflict).apply()
+
+    @classmethod
+    def profile_info(cls, parts: list[NeuronMethod], profile) -> dict:
+        n_layers, width = shape(parts[0].ctx.lm.model)
+        _, _, info = edit_tables([m.edit_part() for m in parts], n_layers, width,
+                                 parts[0].deactivate, profile.conflict)
+        return {"conflict_rule": profile.conflict, **info}

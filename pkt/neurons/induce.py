@@ -37,19 +37,71 @@ def check_fits(ns: NeuronSet, n_layers: int, width: int, what: str) -> None:
                        f"with {width} MLP neurons per layer")
 
 
-class Induction:
-    def __init__(self, model, target: NeuronSet, opposite: NeuronSet | None, strength: float = 1.0,
-                 keep_prob: float = 0.9, deactivate: bool = True, include_prompt: bool = False,
-                 seed: int = 0, positions: dict | None = None):
+CONFLICTS = ("target_wins", "clamp_wins", "drop")
+
+
+def edit_tables(parts, n_layers: int, width: int, deactivate: bool = True,
+                conflict: str = "target_wins") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The dense edit of one or more traits: amounts to add [layers, width] (float32) and the
+    neurons to clamp at 0 [layers, width] (bool), plus counts.
+
+    ``parts``: ``(target, opposite, strength)`` per trait. Composition rules:
+
+    - additions: each target neuron gets ``p95 * strength * sigmoid(10 (diff - 0.15))``;
+      a neuron raised by two or more traits gets the sum, capped at the largest
+      ``p95 * strength`` among them (one trait alone is never capped);
+    - clamps (``deactivate``): the union of every trait's opposite set;
+    - a neuron both raised (by one trait) and clamped (by another) follows ``conflict``:
+      ``target_wins`` adds and does not clamp, ``clamp_wins`` clamps and does not add,
+      ``drop`` does neither.
+    """
+    if conflict not in CONFLICTS:
+        raise PktError(f"unknown profile.conflict '{conflict}' (choose from: {', '.join(CONFLICTS)})")
+    add = torch.zeros(n_layers, width, dtype=torch.float32)
+    cap = torch.full((n_layers, width), -math.inf)  # largest p95 * strength per raised neuron
+    raisers = torch.zeros(n_layers, width, dtype=torch.int32)
+    opp = torch.zeros(n_layers, width, dtype=torch.bool)
+    for target, opposite, strength in parts:
         strength = float(strength)
         if not math.isfinite(strength) or strength < 0:
             raise PktError(f"method.strength must be a finite number >= 0, got {strength}")
+        check_fits(target, n_layers, width, "target neuron set")
+        idx = (target.layer, target.index)
+        add.index_put_(idx, edit_amount(target, strength), accumulate=True)
+        cap[idx] = torch.maximum(cap[idx], target.p95.float() * strength)
+        raisers[idx] += 1
+        if deactivate and opposite is not None:
+            check_fits(opposite, n_layers, width, "opposite neuron set")
+            opp[opposite.layer, opposite.index] = True
+    shared = raisers > 1
+    if shared.any():
+        add = torch.where(shared, torch.minimum(add, cap), add)
+    raised = raisers > 0
+    both = raised & opp
+    if conflict == "target_wins":
+        opp = opp & ~both
+    elif conflict == "clamp_wins":
+        add = torch.where(both, 0.0, add)
+    else:  # drop
+        add = torch.where(both, 0.0, add)
+        opp = opp & ~both
+    info = {"raised": int(raised.sum()), "clamped": int(opp.sum()), "shared": int(shared.sum()),
+            "conflicts": int(both.sum())}
+    return add, opp, info
+
+
+class Induction:
+    def __init__(self, model, target: NeuronSet | None, opposite: NeuronSet | None,
+                 strength: float = 1.0, keep_prob: float = 0.9, deactivate: bool = True,
+                 include_prompt: bool = False, seed: int = 0, positions: dict | None = None,
+                 parts: list | None = None, conflict: str = "target_wins"):
+        """One trait's edit (``target``, ``opposite``, ``strength``), or a profile's:
+        ``parts=[(target, opposite, strength), ...]`` composed by :func:`edit_tables`."""
         if not 0.0 < float(keep_prob) <= 1.0:
             raise PktError(f"method.keep_prob must be in (0, 1], got {keep_prob}")
         require_one_device(model, "neuron induction")
         self.model = model
         self.n_layers, self.width = shape(model)
-        check_fits(target, self.n_layers, self.width, "target neuron set")
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.keep_prob = float(keep_prob)
@@ -57,12 +109,9 @@ class Induction:
         # teacher-forced scoring: positions['mask'] marks the positions that stand for
         # generated tokens; only those are edited
         self.positions = positions
-        add = torch.zeros(self.n_layers, self.width, dtype=torch.float32)
-        add.index_put_((target.layer, target.index), edit_amount(target, strength), accumulate=True)
-        opp = torch.zeros(self.n_layers, self.width, dtype=torch.bool)
-        if deactivate and opposite is not None:
-            check_fits(opposite, self.n_layers, self.width, "opposite neuron set")
-            opp[opposite.layer, opposite.index] = True
+        if parts is None:
+            parts = [(target, opposite, strength)]
+        add, opp, self.info = edit_tables(parts, self.n_layers, self.width, deactivate, conflict)
         self.add = add.to(self.device, self.dtype)
         # min(a, cap): cap 0 deactivates, +inf leaves the value alone
         self.cap = torch.where(opp, 0.0, math.inf).to(self.device, self.dtype)
