@@ -25,6 +25,16 @@ def _register_resolvers() -> None:
 
 _register_resolvers()
 
-from pkt.api import NeuronSets, answer, identify, induce, load_model, steer  # noqa: E402
+from pkt.api import (  # noqa: E402
+    NeuronSets,
+    Personality,
+    answer,
+    identify,
+    induce,
+    load_model,
+    personality,
+    steer,
+)
 
-__all__ = ["NeuronSets", "PktError", "answer", "identify", "induce", "load_model", "steer"]
+__all__ = ["NeuronSets", "Personality", "PktError", "answer", "identify", "induce",
+           "load_model", "personality", "steer"]

@@ -113,8 +113,12 @@ def identify(lm, trait: str, n_search: int | None = None, max_new_tokens: int = 
              k_min: float = 0.013, diff_threshold: float = 0.1, selection: str = "npti",
              seed: int = 0, batch_size: int = 16, repetition_penalty: float = 1.1,
              data_path: str | Path | None = None, cache: str | Path | None = None,
-             progress: bool = True) -> NeuronSets:
-    """NPTI step 1 for ``trait``: persona answers, statistics (cached), both aspects' sets."""
+             progress: bool = True, compute: bool = True) -> NeuronSets:
+    """NPTI step 1 for ``trait``: persona answers, statistics (cached), both aspects' sets.
+
+    ``compute=False`` uses the cache only and raises
+    :class:`pkt.neurons.identify.NotIdentified` when the statistics are not there yet.
+    """
     from pkt.bench import load_bench
     from pkt.generation import GenConfig
     from pkt.neurons import identify as ident
@@ -124,7 +128,8 @@ def identify(lm, trait: str, n_search: int | None = None, max_new_tokens: int = 
                        seed=seed)
     store = ArtifactStore(Path(cache or cache_dir()) / "artifacts")
     gen = GenConfig(max_new_tokens, batch_size, repetition_penalty)
-    st, path, hit = ident.load_or_compute(store, lm, bench, seed, gen, progress=progress)
+    st, path, hit = ident.load_or_compute(store, lm, bench, seed, gen, progress=progress,
+                                          compute=compute)
     sets = select_sets(st, selection, k_min, diff_threshold)
     return NeuronSets(bench.trait, sets, lm.fingerprint,
                       {"statistics": path.name, "selection": selection, "k_min": k_min,
@@ -176,3 +181,108 @@ def answer(lm, questions: list[str], max_new_tokens: int = 96, repetition_penalt
     gens = generate(lm.model, lm.tokenizer, texts,
                     GenConfig(max_new_tokens, batch_size, repetition_penalty), progress=False)
     return [g.text for g in gens]
+
+
+PROFILE_METHODS = ("neuron", "actadd", "prompt", "prompt_p2")
+
+
+class Personality:
+    """A profile made usable on one model by one method (:func:`personality`).
+
+    ``rewrite(question)`` is the user turn the method asks (the neutral evaluation prompt,
+    or with prompting the persona prompt); ``apply()`` is a context manager holding the
+    method's hooks (none for prompting). One object can be applied many times.
+    """
+
+    def __init__(self, lm, profile, method: str, parts: list, info: dict):
+        self.lm, self.profile, self.method, self.parts, self.info = lm, profile, method, parts, info
+
+    def rewrite(self, question: str, i: int = 0) -> str:
+        from pkt.profiles import intensity_word
+
+        if not self.profile or self.method in ("neuron", "actadd"):
+            return prompts.neutral(question)
+        if self.method == "prompt":
+            words = []
+            for trait, e in self.parts:
+                how = intensity_word(e.strength)
+                word = trait.adjectives[e.aspect]
+                words.append(f"{how} {word}" if how else word)
+            joined = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+            return prompts.simple(joined, question)
+        return prompts.p2(" ".join(persona for persona, _ in self.parts), question)
+
+    def apply(self) -> contextlib.AbstractContextManager:
+        if not self.profile or self.method in ("prompt", "prompt_p2"):
+            return contextlib.nullcontext()
+        if self.method == "neuron":
+            from pkt.neurons.induce import Induction
+
+            return Induction(self.lm.model, None, None, keep_prob=self.info["keep_prob"],
+                             deactivate=True, seed=self.info["seed"], parts=self.parts,
+                             conflict=self.profile.conflict).apply()
+        from pkt.methods.actadd import steer as _steer
+
+        return _steer(self.lm.model, self.parts)
+
+
+def personality(lm, profile, method: str = "neuron", compute: bool = True,
+                n_search: int | None = None, max_new_tokens: int = 80, seed: int = 0,
+                keep_prob: float = 0.9, layers=None, coefficient: float = 4.0,
+                data_path: str | Path | None = None, cache: str | Path | None = None,
+                progress: bool = False) -> Personality:
+    """A profile (``"extraversion:high:1.2+neuroticism:low"``, a dict, or a
+    :class:`pkt.profiles.Profile`) composed for ``method`` with the same rules as
+    ``python -m pkt.run profile=...``. NPTI's strength defaults to 1.0 per trait, ActAdd's
+    multiplier of ``coefficient`` to 1.0; ActAdd's ``layers`` default to the middle
+    decoder block. With ``compute=False`` NPTI uses cached
+    identification only (:class:`pkt.neurons.identify.NotIdentified` otherwise).
+    """
+    from pkt.profiles import Profile
+
+    if method not in PROFILE_METHODS:
+        raise PktError(f"unknown personality method '{method}' (choose from: "
+                       f"{', '.join(PROFILE_METHODS)})")
+    if isinstance(profile, str):
+        profile = Profile.parse(profile)
+    elif isinstance(profile, dict):
+        profile = Profile.from_config(profile)
+    info = {"method": method, "seed": seed, "keep_prob": keep_prob, "identified": {}}
+    parts: list = []
+    if method == "neuron":
+        for e in profile:
+            sets = identify(lm, e.trait, n_search=n_search, max_new_tokens=max_new_tokens,
+                            seed=seed, data_path=data_path, cache=cache, progress=progress,
+                            compute=compute)
+            info["identified"][e.trait] = not sets.info.get("cached", True)
+            parts.append((sets[e.aspect], sets[OTHER[e.aspect]],
+                          1.0 if e.strength is None else e.strength))
+    elif method == "actadd":
+        from pkt.bench import load_bench
+        from pkt.methods.actadd import steering_vectors
+        from pkt.neurons.sites import decoder_layers
+
+        if layers is None:
+            layers = (len(decoder_layers(lm.model)) // 2,)
+        adds: dict = {}
+        for e in profile:
+            bench = load_bench(str(data_path or DATA_DIR), e.trait, n_search=n_search or 48,
+                               n_test=None, seed=seed)
+            vecs = steering_vectors(lm, bench, seed, list(layers), progress=progress)
+            s = (1.0 if e.aspect == "high" else -1.0) * coefficient * (
+                1.0 if e.strength is None else e.strength)
+            for i, v in vecs.items():
+                adds[i] = adds[i] + s * v if i in adds else s * v
+        parts = adds
+    elif method == "prompt":
+        from pkt.traits import Trait
+
+        parts = [(Trait.load(e.trait), e) for e in profile]
+    else:
+        from pkt.bench import load_bench
+
+        for e in profile:
+            bench = load_bench(str(data_path or DATA_DIR), e.trait, n_search=None, n_test=None,
+                               seed=seed)
+            parts.append((bench.persona_for(e.aspect, 0, seed + 7919), e))
+    return Personality(lm, profile, method, parts, info)

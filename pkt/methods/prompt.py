@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from pkt import PktError, prompts
 from pkt.methods import Method, RunContext
 from pkt.profiles import intensity_word

@@ -26,6 +26,10 @@ ASPECTS = ("high", "low")
 STATS_VERSION = 3  # 2: bins closed on the right; 3: recorded during generation (pkt engine)
 
 
+class NotIdentified(PktError):
+    """Neuron statistics were asked for from the cache only, and none are cached."""
+
+
 def stats_key(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig) -> dict:
     return {
         "stage": "npti-statistics",
@@ -173,13 +177,21 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
 
 def load_or_compute(store: ArtifactStore, lm: LoadedModel, bench: Bench, seed: int,
                     gen: GenConfig, recompute: bool = False, progress: bool = True,
-                    gen_stats: GenStats | None = None) -> tuple[dict, Path, bool]:
-    """Statistics for both aspects from the cache, or computed and cached. Returns (stats, dir, hit)."""
+                    gen_stats: GenStats | None = None,
+                    compute: bool = True) -> tuple[dict, Path, bool]:
+    """Statistics for both aspects from the cache, or computed and cached. Returns (stats, dir, hit).
+
+    ``compute=False``: the cache only; :class:`NotIdentified` when nothing is cached.
+    """
     key = stats_key(lm, bench, seed, gen)
     path = None if recompute else store.load("statistics", key)
     if path is not None:
         log.info("reusing cached neuron statistics %s", path)
         return read_statistics(path), path, True
+    if not compute:
+        raise NotIdentified(f"{bench.trait} is not identified yet for {lm.name} with these "
+                            f"settings ({len(bench.search)} search questions, "
+                            f"{gen.max_new_tokens} tokens)")
     ck = _checkpoint_dir(store, key)
     st = compute_statistics(lm, bench, seed, gen, progress=progress, gen_stats=gen_stats,
                             checkpoint=ck, key=key)
