@@ -21,26 +21,44 @@ class ReportCallback(Callback):
     def __init__(self, wandb: bool = True):
         self.wandb = wandb
 
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from pkt.report import build_report
+    name = "report"
 
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         if not any(sweep.rglob("metrics.json")):
-            log.warning("no finished runs under %s: no report", sweep)
+            log.warning("no finished runs under %s: no %s", sweep, self.name)
             return
         tracker = None
         logger_cfg = config.get("logger") or {}
         if self.wandb and str(logger_cfg.get("_target_", "")).endswith("WandbTracker"):
             from pkt.tracking import WandbTracker
 
-            tracker = WandbTracker(run_dir=sweep, run_config={"sweep_dir": str(sweep)}, name="report",
-                group=logger_cfg.get("group") or sweep.name, project=logger_cfg.get("project", "pkt"),
-                entity=logger_cfg.get("entity"), mode=logger_cfg.get("mode", "offline"),
-                job_type="report")
+            tracker = WandbTracker(run_dir=sweep, run_config={"sweep_dir": str(sweep)},
+                                   name=self.name, group=logger_cfg.get("group") or sweep.name,
+                                   project=logger_cfg.get("project", "pkt"),
+                                   entity=logger_cfg.get("entity"),
+                                   mode=logger_cfg.get("mode", "offline"), job_type=self.name)
         try:
-            path = build_report([sweep], tracker=tracker)
+            path = self.build(sweep, tracker)
         finally:
             if tracker is not None:
                 tracker.finish()
-        log.info("report: %s", path)
-        print(f"report: {path}")
+        log.info("%s: %s", self.name, path)
+        print(f"{self.name}: {path}")
+
+    def build(self, sweep: Path, tracker) -> Path | None:
+        from pkt.report import build_report
+
+        return build_report([sweep], tracker=tracker)
+
+
+class LeakageCallback(ReportCallback):
+    """After a multirun of single-trait inductions (or profiles) scored on all five traits,
+    write the leakage matrix (``leakage.md``/``.json``/``.png``) into the sweep dir."""
+
+    name = "leakage"
+
+    def build(self, sweep: Path, tracker) -> Path | None:
+        from pkt.eval.leakage import write_leakage
+
+        return write_leakage([sweep], sweep, tracker=tracker)
