@@ -100,8 +100,8 @@ class FakeEndpoint(LocalServer):
     so results can be checked against the order of the items.
     """
 
-    def __init__(self, mode: str = "ok", delay: float = 1.0):
-        self.mode, self.delay = mode, delay
+    def __init__(self, mode: str = "ok", delay: float = 1.0, retry_after: str = "0.05"):
+        self.mode, self.delay, self.retry_after = mode, delay, retry_after
         self.requests: list[dict] = []
         self.seen: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -116,8 +116,11 @@ class FakeEndpoint(LocalServer):
                 body = json.loads(raw)
                 content = body["messages"][0]["content"]
                 with outer.lock:
-                    outer.requests.append({"path": self.path, "headers": dict(self.headers),
-                                           "body": body})
+                    # header names are case-insensitive: kept lower-cased
+                    outer.requests.append({"path": self.path, "body": body,
+                                           "headers": {k.lower(): v for k, v in
+                                                       self.headers.items()},
+                                           "t": time.perf_counter()})
                     n = outer.seen.get(content, 0)
                     outer.seen[content] = n + 1
                 try:
@@ -147,7 +150,7 @@ class FakeEndpoint(LocalServer):
         if self.mode == "500" and n == 0:
             return self.send(h, 500, b'{"error": "boom"}')
         if self.mode == "429" and n == 0:
-            return self.send(h, 429, b'{"error": "slow down"}', {"Retry-After": "0.05"})
+            return self.send(h, 429, b'{"error": "slow down"}', {"Retry-After": self.retry_after})
         if self.mode == "slow" and n == 0:
             time.sleep(self.delay)
         if self.mode == "garbage" and "answer-2" in content:
@@ -182,8 +185,9 @@ def test_http_success_and_wire_format(tmp_path):
     assert len(ep.requests) == len(ITEMS)
     req = ep.requests[0]
     assert req["path"] == "/v1/chat/completions"
-    assert req["headers"]["Content-Type"] == "application/json"
-    assert "Authorization" not in req["headers"]  # no key in the environment: none sent
+    assert req["headers"]["content-type"] == "application/json"
+    # no key in the environment: no Authorization header at all (not even a placeholder)
+    assert all("authorization" not in r["headers"] for r in ep.requests)
     body = req["body"]
     assert set(body) == {"model", "messages", "temperature", "max_tokens"}
     assert body["model"] == "judge-model" and body["temperature"] == 0.0
@@ -213,11 +217,24 @@ def test_http_timeout_then_success_is_retried():
     assert dt < 3.0
 
 
-def test_http_429_then_success_honours_retry_after():
-    with FakeEndpoint("429") as ep:
-        res = judge(ep, backoff=5.0).rate(ITEMS[:3], "fluency")  # Retry-After (0.05 s) wins
+def _retry_gaps(ep: FakeEndpoint) -> list[float]:
+    """Seconds between the first and the second request of each item."""
+    times: dict[str, list[float]] = {}
+    for r in ep.requests:
+        times.setdefault(r["body"]["messages"][0]["content"], []).append(r["t"])
+    assert all(len(t) == 2 for t in times.values())
+    return [t[1] - t[0] for t in times.values()]
+
+
+@pytest.mark.parametrize("retry_after,lo,hi", [("0.05", 0.0, 0.3), ("1.2", 1.1, 3.0)])
+def test_http_429_then_success_honours_retry_after(retry_after, lo, hi):
+    # the client's own first wait is 0.375-0.5 s: a shorter and a longer one come only
+    # from the server's Retry-After
+    with FakeEndpoint("429", retry_after=retry_after) as ep:
+        res = judge(ep).rate(ITEMS[:3], "fluency")
     assert [r["rating"] for r in res] == EXPECTED[:3]
     assert len(ep.requests) == 6
+    assert all(lo <= g <= hi for g in _retry_gaps(ep)), _retry_gaps(ep)
 
 
 def test_cache_hits_make_no_request(tmp_path):
@@ -264,7 +281,7 @@ def test_api_key_sent_but_never_stored(tmp_path, monkeypatch, caplog):
         j = judge(ep, api_key_env="PKT_TEST_JUDGE_KEY", cache_dir=str(cache))
         res = j.rate(ITEMS, "trait", trait="openness", facets=FACETS)
         (tmp_path / "results.json").write_text(json.dumps(res))
-    assert {r["headers"]["Authorization"] for r in ep.requests} == {f"Bearer {secret}"}
+    assert {r["headers"]["authorization"] for r in ep.requests} == {f"Bearer {secret}"}
     assert secret not in repr(j) and secret not in json.dumps(j.describe())
     assert j.describe() == {"backend": "openai", "model": "judge-model",
                             "base_url": ep.base_url}
@@ -328,6 +345,62 @@ def test_every_request_rejected_is_one_clear_error():
         with pytest.raises(PktError, match="HTTP 401.*PKT_TEST_NO_SUCH_KEY"):
             judge(ep).rate(ITEMS[:2], "fluency")
     assert len(ep.requests) == 2  # client errors are not retried
+
+
+class NotHTTP:
+    """A TCP server on 127.0.0.1 that answers every request with a line that is not HTTP."""
+
+    def __enter__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.accepted = 0
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+        def serve():
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:  # closed
+                    return
+                self.accepted += 1
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+
+        threading.Thread(target=serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
+def test_an_answer_that_is_not_http_is_one_clear_error():
+    with NotHTTP() as srv:
+        with pytest.raises(PktError) as pre:
+            OpenAIJudge(model="m", base_url=srv.base_url, max_retries=3).check_endpoint()
+        assert srv.accepted == 1  # the preflight makes one request, never retried
+        with pytest.raises(PktError) as ei:
+            OpenAIJudge(model="m", base_url=srv.base_url, max_retries=0,
+                        concurrency=2).rate(ITEMS, "fluency")
+    for msg in (str(pre.value), str(ei.value)):
+        assert "\n" not in msg and srv.base_url in msg and "illegal status line" in msg
+    assert "did not answer in HTTP" in str(pre.value)
+    assert "failed on every request (5 of 5: bad HTTP response" in str(ei.value)
+
+
+def test_a_proxy_in_the_environment_is_not_used_for_a_local_server(monkeypatch):
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    proxy = f"http://127.0.0.1:{dead.getsockname()[1]}"
+    dead.close()
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with FakeEndpoint("ok") as ep:
+        res = judge(ep, max_retries=0).rate(ITEMS[:2], "fluency")
+    assert [r["rating"] for r in res] == EXPECTED[:2] and len(ep.requests) == 2
 
 
 def test_bad_config_and_items():
