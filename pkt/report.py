@@ -56,6 +56,7 @@ class Run:
     capability_ppl_ratio: float | None
     total_seconds: float | None
     trait_scorer: str | None = None
+    profile: str | None = None  # a profile run (several traits): in the leakage section only
 
 
 # ---------------------------------------------------------------- reading
@@ -98,6 +99,8 @@ def _parse(m: dict, run_dir: str) -> Run:
         capability_ppl_ratio=_num(_get(m, "capability", "ppl_ratio")),
         total_seconds=_num(_get(m, "timings", "total")),
         trait_scorer=m.get("trait_scorer"),
+        profile=(m["profile"].get("label") or "profile") if isinstance(m.get("profile"), dict)
+        else None,
     )
 
 
@@ -163,6 +166,7 @@ class Table:
     """Runs grouped into (method, aspect, trait) cells."""
 
     def __init__(self, runs: list[Run]):
+        runs = [r for r in runs if r.profile is None]
         self.runs = runs
         self.methods = _order({r.method for r in runs}, METHOD_ORDER)
         self.aspects = _order({r.aspect for r in runs}, ASPECT_ORDER)
@@ -389,7 +393,15 @@ def build_report(paths: list[str | Path], out: Path | None = None, title: str | 
               plot_separation(t, out / "separation.png")]
     if t.sweep_methods():
         images.append(plot_strength(t, out / "strength_curve.png"))
-    write_text_atomic(md, render_markdown(t, title or f"pkt report: {paths[0].resolve().name}"))
+    text = render_markdown(t, title or f"pkt report: {paths[0].resolve().name}")
+    from pkt.eval.leakage import write_leakage
+
+    leak = write_leakage(paths, out)  # runs scored on all five traits against base
+    if leak is not None:
+        body = leak.read_text().split("\n", 2)[2]  # without its title
+        text += "\n## Leakage (change of every trait score against base)\n\n" + body
+        images.append(out / "leakage.png")
+    write_text_atomic(md, text)
     if tracker is not None:
         for img in images:
             tracker.log_image(f"report/{img.stem}", img)
