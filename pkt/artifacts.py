@@ -7,14 +7,15 @@ key and checksums are verified on every load.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pkt import PktError
@@ -36,31 +37,113 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# ---------------------------------------------------------------------------------------
+# atomic writes: a reader sees the old file or the new one, never a half-written one.
+# The temporary sibling is created with os.open(..., 0o666) / os.mkdir(..., 0o777), so
+# the kernel applies the umask (and a directory's default ACL) exactly as for a plain
+# open(): 0644 / 0755 under umask 022, where tempfile.mkstemp / mkdtemp would give 0600 /
+# 0700. Data is fsynced before the rename, and the rename itself after it.
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def _temp_sibling(path: Path, suffix: str, make) -> Path:
+    """A new, unused ``.<name>.<random><suffix>`` next to ``path``, made by ``make(tmp)``."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            make(tmp)
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (best effort: not every system can)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _create(tmp: Path) -> None:
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o666))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """A temporary file next to ``path`` to write into by name; it replaces ``path`` when
+    the block ends without error, and is removed when it raises.
+
+    ``suffix`` (default: the one of ``path``) lets a writer that goes by the extension,
+    such as matplotlib's ``savefig``, see the right one::
+
+        with atomic_path(out / "scores.png") as tmp:
+            fig.savefig(tmp)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = _temp_sibling(path, path.suffix if suffix is None else suffix, _create)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)  # the writer has closed it: flush what it wrote
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: bytes | str, encoding: str = "utf-8") -> Path:
+    """Write ``data`` (bytes, or text in ``encoding``) to ``path`` atomically."""
+    if isinstance(data, str):
+        data = data.encode(encoding)
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"atomic_write takes bytes or str, not {type(data).__name__}")
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A temporary directory next to ``path`` to fill; it replaces ``path`` (and whatever
+    was there) when the block ends without error, and is removed when it raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(path, "", lambda p: os.mkdir(p, 0o777))
+    try:
+        yield tmp
+        old = None
+        if path.exists():  # a directory cannot be renamed over a full one: move it aside
+            old = path.with_name(f".{path.name}.{secrets.token_hex(6)}.old")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    atomic_write(path, text)
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def read_meta(path: Path, kind: str | None = None) -> dict:
@@ -108,23 +191,12 @@ class ArtifactStore:
     def save(self, kind: str, key: dict, write: Callable[[Path], None], extra: dict | None = None) -> Path:
         """Call ``write(tmpdir)`` then publish the directory atomically under the key."""
         final = self.path(kind, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
-        try:
+        with atomic_dir(final) as tmp:
             write(tmp)
             files = {f.name: _sha(f) for f in sorted(tmp.iterdir()) if f.is_file()}
             meta = {"format_version": FORMAT_VERSION, "kind": kind, "key": key,
                     "key_hash": final.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "files": files, **(extra or {})}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-            os.chmod(tmp, 0o755)
-            if final.exists():
-                old = final.with_name(f".old-{final.name}-{os.getpid()}")
-                os.replace(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         log.info("saved %s artifact %s", kind, final)
         return final
