@@ -1,5 +1,5 @@
+import contextlib
 import json
-import math
 
 import pytest
 import torch
@@ -7,6 +7,7 @@ import torch
 from pkt import PktError
 from pkt.bench import TRAITS
 from pkt.eval import Evaluation, capability, fluency, summary
+from pkt.eval import scorer as scorer_module
 from pkt.eval.likelihood import continuation_logprobs
 from pkt.eval.scorer import TraitScorer, embed, load_corpus, split_accuracy
 from pkt.methods import Method
@@ -30,13 +31,44 @@ def test_continuation_logprobs_match_hand_computation(tiny):
         assert n == len(r) and abs(s - ref) < 1e-4
 
 
-def test_capability_ratio_is_exactly_one_for_base(tiny, tmp_path):
+class _SharpLogits(Method):
+    """A real intervention, hooked into the model: logits scaled up while it is active."""
+
+    def __init__(self, lm, factor: float):
+        super().__init__(ctx=None, name="sharp")
+        self.lm, self.factor = lm, factor
+
+    @contextlib.contextmanager
+    def intervention(self, positions=None):
+        h = self.lm.model.lm_head.register_forward_hook(lambda m, i, out: out * self.factor)
+        try:
+            yield
+        finally:
+            h.remove()
+
+
+def test_capability_figures_are_sane_and_follow_the_intervention(tiny, tmp_path):
+    plain = capability.measure(tiny, n_mc=12)
+    vocab = tiny.model.config.vocab_size
+    # a random model's perplexity is about its vocabulary size (a per-token mean, not a sum)
+    assert vocab / 2 < plain["ppl"] < vocab * 2, plain
+    assert plain["n_mc"] == 12 and (plain["mc_accuracy"] * 12).is_integer()
+    assert 0.0 <= plain["mc_accuracy"] <= 1.0
     base = Method(ctx=None, name="base")
-    r1 = capability.retention(tiny, base, tmp_path, n_mc=12)
-    r2 = capability.retention(tiny, base, tmp_path, n_mc=12)  # base figures from the cache
-    for r in (r1, r2):
-        assert r["mc_ratio"] == 1.0 and r["ppl_ratio"] == 1.0
-    assert list((tmp_path / "capability").glob("*.json"))
+    r = capability.retention(tiny, base, tmp_path, n_mc=12)
+    assert r["ppl_base"] == pytest.approx(plain["ppl"]) and r["ppl"] == pytest.approx(plain["ppl"])
+    assert r["mc_accuracy_base"] == plain["mc_accuracy"] and r["n_mc"] == 12
+    # the second time the base figures come from the cache: a value planted there shows up
+    (cached,) = (tmp_path / "capability").glob("*.json")
+    cached.write_text(json.dumps({**json.loads(cached.read_text()), "ppl": 123.0}))
+    again = capability.retention(tiny, base, tmp_path, n_mc=12)
+    assert again["ppl_base"] == 123.0 and again["ppl_ratio"] == pytest.approx(plain["ppl"] / 123.0)
+    # an intervention moves the measured figures (not the base ones), and the ratio with them
+    sharp = capability.retention(tiny, _SharpLogits(tiny, 25.0), tmp_path / "fresh", n_mc=12)
+    assert sharp["ppl_base"] == pytest.approx(plain["ppl"])
+    assert sharp["ppl"] > 10 * plain["ppl"]
+    assert sharp["ppl_ratio"] == pytest.approx(sharp["ppl"] / sharp["ppl_base"])
+    assert capability.measure(tiny, n_mc=12)["ppl"] == pytest.approx(plain["ppl"])  # unhooked
 
 
 def test_summary_counts_missing():
@@ -69,15 +101,17 @@ def test_offline_scorer_separates_held_out_items():
     assert sum(accs) / len(accs) >= 0.62, accs
 
 
-def test_scorer_direction_and_cache(tmp_path):
+def test_scorer_direction_and_cache(tmp_path, monkeypatch):
     s = TraitScorer("extraversion", tmp_path)
     hi = "I love meeting new people and I was the first on the dance floor, chatting with everyone all night."
     lo = "I prefer a quiet evening at home alone with a book; big crowds drain me and I avoid parties."
     a, b = s.score([hi, lo])
     assert 1 <= b < a <= 5
-    s2 = TraitScorer("extraversion", tmp_path)  # from the cache
+    assert len(list((tmp_path / "scorer").glob("extraversion-*.json"))) == 1
+    # the second scorer is read from the cache: it must not fit again on the corpus
+    monkeypatch.setattr(scorer_module, "load_corpus", lambda *a: pytest.fail("refitted"))
+    s2 = TraitScorer("extraversion", tmp_path)
     assert s2.score([hi, lo]) == pytest.approx([a, b], abs=1e-6)
-    assert not math.isnan(a)
 
 
 def test_rescore_updates_offline_scores(tmp_path):

@@ -177,24 +177,23 @@ def test_training_curves_go_to_the_runners_own_wandb_run(tmp_path):
         m.prepare()
         # Lightning did not finish the runner's run: it still takes records
         tracker.log_metrics({"after_training": 1})
-        tracker.log_summary({"after": 1})
+        tracker.log_summary({"summary_probe_after": 1})  # a name no history record has
         assert {k: v for k, v in os.environ.items() if k.startswith("WANDB")} == env
     finally:
         tracker.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
-    # the history records hold the metric names in clear; wandb-core may still be flushing
+    # the records hold the metric names in clear; wandb-core may still be flushing
+    WANTED = (b"train_loss", b"val_loss", b"after_training", b"summary_probe_after")
     deadline, blob = time.monotonic() + 20, b""
     while time.monotonic() < deadline:
         blob = b"".join(f.read_bytes() for f in runs[0].glob("run-*.wandb"))
-        if all(k in blob for k in (b"train_loss", b"val_loss", b"after_training")):
+        if all(k in blob for k in WANTED):
             break
         time.sleep(0.25)
-    assert b"train_loss" in blob and b"val_loss" in blob and b"after_training" in blob
-    summary = runs[0] / "files" / "wandb-summary.json"
-    if summary.is_file():  # not written by offline runs of every wandb version
-        s = json.loads(summary.read_text())
-        assert "val_loss" in s and "train_loss" in s and s["after"] == 1
+    # the summary goes into the run file too (offline runs of recent wandb versions write no
+    # wandb-summary.json, so that file cannot be the check)
+    assert [k for k in WANTED if k not in blob] == []
 
 
 @pytest.mark.embedded
