@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import re
 import sys
@@ -27,8 +26,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pkt import PktError  # noqa: E402
 from pkt.artifacts import write_text_atomic  # noqa: E402
+from pkt.profiles import TRAIT_NAMES  # noqa: E402
+from pkt.records import read_metrics  # noqa: E402
 
-TRAITS = ["openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism"]
+TRAITS = list(TRAIT_NAMES)
 METHOD_ORDER = ["base", "prompt_simple", "prompt_p2", "neuron", "lora", "actadd"]
 ASPECT_ORDER = ["high", "low"]
 DEFAULT_STRENGTH = 1.0
@@ -131,9 +132,7 @@ def collect(paths: list[Path]) -> list[Run]:
     runs = []
     for f in files:
         try:
-            m = json.loads(f.read_text(encoding="utf-8"))
-            if not isinstance(m, dict):
-                raise ValueError("not a JSON object")
+            m = read_metrics(f)
         except (OSError, ValueError) as e:
             print(f"pkt: warning: skipping {f}: unreadable metrics ({e})", file=sys.stderr)
             continue

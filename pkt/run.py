@@ -29,7 +29,6 @@ def _interrupted_while_starting(signum, frame) -> None:
 if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
     signal.signal(signal.SIGINT, _interrupted_while_starting)
 
-import json
 import logging
 import platform
 import random
@@ -46,9 +45,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pkt import CONF_DIR, PktError, profiles
-from pkt.artifacts import write_json_atomic, write_text_atomic
+from pkt import records as records_io
+from pkt.artifacts import write_json_atomic
 from pkt.generation import GenConfig
 from pkt.methods import ProfileMethod, RunContext
+from pkt.records import make_record
 from pkt.traits import Trait
 from pkt.validation import validate
 
@@ -187,6 +188,8 @@ def run(cfg: DictConfig) -> dict:
     tracker = build_tracker(cfg, run_dir, label, profiles.slug(profile.label) if multi else None)
     ok = stopped = False
     try:
+        # every object is built before the expensive work: a bad eval.* fails in seconds
+        evaluator = instantiate(cfg.eval, _convert_="all")
         with timed(timings, "load_data"):
             benches = {t: instantiate(cfg.data, trait=t)
                        for t in dict.fromkeys([*(e.trait for e in profile), *scored])}
@@ -236,18 +239,13 @@ def run(cfg: DictConfig) -> dict:
         def aspect_of(t: str) -> str | None:
             return profile.aspect_of(t) if multi else (cfg.aspect if t == cfg.trait.name else None)
 
-        records = [{
-            "id": int(r["_line"]), "question": q, "response": g.text,
-            "n_tokens": len(g.response_ids), "method": method.label, "trait": t,
-            "aspect": aspect_of(t), "model": lm.name, "params": params,
-            **({"profile": profile.label} if multi else {}),
-        } for (t, r), q, g in zip(asked, questions, gens)]
+        records = [make_record(r["_line"], q, g.text, len(g.response_ids), method.label, t,
+                               aspect_of(t), lm.name, params, profile.label if multi else None)
+                   for (t, r), q, g in zip(asked, questions, gens)]
 
         def write_generations():
-            write_text_atomic(run_dir / "generations.jsonl", "".join(
-                json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            records_io.write_generations(run_dir, records)
 
-        write_generations()  # kept even if scoring fails below
         metrics = {
             "method": method.label,
             "trait": None if multi else cfg.trait.name, "aspect": None if multi else cfg.aspect,
@@ -269,20 +267,19 @@ def run(cfg: DictConfig) -> dict:
             "resolved_config": ".hydra/config.yaml",
         })
         try:
-            evaluator = instantiate(cfg.eval, _convert_="all")
             with timed(timings, "evaluate"):
                 metrics.update(evaluator.evaluate(ctx, method, records, gens))
         except BaseException as e:
             metrics["evaluation_error"] = ("interrupted" if isinstance(e, KeyboardInterrupt)
                                            else str(user_error(e) or type(e).__name__))
             metrics["timings"] = timings
-            write_generations()  # whatever scores were attached so far
-            write_json_atomic(run_dir / "metrics.json", metrics)
+            write_generations()  # kept, with whatever scores were attached so far
+            records_io.write_metrics(run_dir, metrics)
             raise
         timings["total"] = round(time.perf_counter() - t_start, 3)
         metrics["timings"] = timings
         write_generations()
-        write_json_atomic(run_dir / "metrics.json", metrics)
+        records_io.write_metrics(run_dir, metrics)
         tracker.log_table("generations", [{k: v for k, v in r.items() if k != "params"}
                                           for r in records])
         tracker.log_summary(metrics)

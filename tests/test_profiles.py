@@ -249,6 +249,18 @@ def test_one_trait_profile_equals_the_plain_run_and_reuses_identification(tmp_pa
     gens = read_jsonl(dc / "generations.jsonl")
     assert len(gens) == 15 and {g["trait"] for g in gens} == set(mc["traits"])
     assert all(g["profile"] == "extraverted_calm" for g in gens)
+    # rescore: every answer and base answer by its own trait's scorer, table rebuilt
+    from pkt import records as rio
+    from pkt.eval.rescore import rescore_run
+
+    spoiled = [{**g, "trait_score": 0.0, "base_trait_score": 0.0} for g in gens]
+    rio.write_generations(dc, spoiled)
+    assert rescore_run(dc, str(cache))
+    again = json.loads((dc / "metrics.json").read_text())
+    for t, row in mc["traits"].items():
+        assert again["traits"][t]["score"]["mean"] == pytest.approx(row["score"]["mean"])
+        assert again["traits"][t]["delta"] == pytest.approx(row["delta"])
+    assert "trait_score" not in again
 
 
 def test_lora_profile_is_refused_with_one_line(tmp_path):

@@ -7,20 +7,12 @@ MiniLM classifier (default, no network), or an LLM judge (``eval/judge=openai|lo
 from __future__ import annotations
 
 import logging
-import statistics
 from collections import Counter
 
 from pkt import PktError
+from pkt.records import summary, trait_table
 
 log = logging.getLogger(__name__)
-
-
-def summary(values) -> dict | None:
-    v = [float(x) for x in values if x is not None]
-    if not v:
-        return None
-    return {"mean": statistics.fmean(v), "sd": statistics.pstdev(v) if len(v) > 1 else 0.0,
-            "n": len(v), "missing": sum(x is None for x in values)}
 
 
 def check_judged(res: list[dict], rubric: str) -> None:
@@ -120,7 +112,10 @@ class Evaluation:
         own = ctx.trait.name if ctx.trait is not None else None
         if own is not None:  # a single-trait run: its own trait's questions
             m["trait_score"] = summary([s for r, s in zip(records, scores) if r["trait"] == own])
+        self.base_cached = None
         m["traits"] = self.trait_table(ctx, method, records, scores)
+        if self.base_cached is not None:
+            m["base_answers_cached"] = self.base_cached
         m["fluency"] = None
         if self.judge is not None:
             res = self.judge.rate(items, "fluency", progress=ctx.progress)
@@ -137,29 +132,18 @@ class Evaluation:
     def trait_table(self, ctx, method, records: list[dict], scores: list) -> dict:
         """Per scored trait: the induced aspect (None: untouched), the score, and with
         ``base_delta`` the plain model's score on the same questions and the change."""
-        traits = list(dict.fromkeys(r["trait"] for r in records))
+        traits = set(r["trait"] for r in records)
         want = self.base_delta is True or (self.base_delta == "auto" and len(traits) > 1)
-        base = None
         if want:
             if method.name == "base":
-                base = scores
+                for r in records:
+                    r["base_trait_score"] = r["trait_score"]
             else:
                 from pkt.eval.leakage import base_answers
 
-                texts = base_answers(ctx, [r["question"] for r in records])
+                texts, self.base_cached = base_answers(ctx, [r["question"] for r in records])
                 base_recs = [{**r, "response": t} for r, t in zip(records, texts)]
                 base, _ = self.score_traits(base_recs, ctx.progress)
                 for r, t, b in zip(records, texts, base):
                     r["base_response"], r["base_trait_score"] = t, b
-        table = {}
-        for t in traits:
-            idx = [i for i, r in enumerate(records) if r["trait"] == t]
-            row = {"aspect": records[idx[0]].get("aspect"),
-                   "score": summary([scores[i] for i in idx])}
-            if base is not None:
-                b = summary([base[i] for i in idx])
-                row["base"] = b
-                row["delta"] = (row["score"]["mean"] - b["mean"]
-                                if row["score"] and b else None)
-            table[t] = row
-        return table
+        return trait_table(records)

@@ -18,6 +18,7 @@ from pathlib import Path
 from pkt import prompts
 from pkt.artifacts import ArtifactStore, write_json_atomic, write_text_atomic
 from pkt.profiles import TRAIT_NAMES
+from pkt.records import METRICS, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ def base_key(ctx, questions: list[str]) -> dict:
             "n": len(questions)}
 
 
-def base_answers(ctx, questions: list[str]) -> list[str]:
-    """The plain model's greedy answers to ``questions`` under the neutral prompt (cached)."""
+def base_answers(ctx, questions: list[str]) -> tuple[list[str], bool]:
+    """The plain model's greedy answers to ``questions`` under the neutral prompt, and
+    whether they came from the cache."""
     from pkt.generation import chat_prompt, generate
 
     store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
@@ -42,16 +44,14 @@ def base_answers(ctx, questions: list[str]) -> list[str]:
     if path is not None:
         texts = json.loads((path / "answers.json").read_text())
         if len(texts) == len(questions):
-            ctx.metrics["base_answers_cached"] = True
-            return texts
+            return texts, True
     tok = ctx.lm.tokenizer
     gens = generate(ctx.lm.model, tok, [chat_prompt(tok, prompts.neutral(q)) for q in questions],
                     ctx.gen, desc="base answers", progress=ctx.progress)
     texts = [g.text for g in gens]
     store.save("base_answers", key, lambda tmp: (tmp / "answers.json").write_text(
         json.dumps(texts, ensure_ascii=False)))
-    ctx.metrics["base_answers_cached"] = False
-    return texts
+    return texts, False
 
 
 def matrix_rows(metrics_list: list[dict]) -> list[dict]:
@@ -113,10 +113,11 @@ def write_leakage(run_dirs: list[Path], out_dir: Path, tracker=None) -> Path | N
     """``leakage.md`` + ``leakage.json`` + ``leakage.png`` for the runs under ``run_dirs``."""
     metrics = []
     for d in run_dirs:
-        for f in sorted(Path(d).rglob("metrics.json")):
+        d = Path(d)
+        for f in [d] if d.is_file() else sorted(d.rglob(METRICS)):
             try:
-                m = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError):
+                m = read_metrics(f)
+            except (OSError, ValueError):
                 continue
             m["_run_dir"] = str(f.parent)
             metrics.append(m)

@@ -8,29 +8,41 @@ again. Runs scored by an LLM judge are left alone.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from pkt import PktError
-from pkt.artifacts import write_json_atomic, write_text_atomic
-from pkt.eval import summary
+from pkt import records as rio
 from pkt.eval.scorer import NAME, TraitScorer
 
 
 def rescore_run(run_dir: Path, cache_dir: str | None = None) -> bool:
-    mf, gf = run_dir / "metrics.json", run_dir / "generations.jsonl"
-    metrics = json.loads(mf.read_text())
-    if metrics.get("trait_scorer") not in (None, NAME) or not gf.is_file():
+    """Each answer (and its base answer, where the run has them) re-scored by the scorer of
+    its question's trait; ``trait_score`` and the per-trait table recomputed."""
+    if not (run_dir / rio.GENERATIONS).is_file():
         return False
-    records = [json.loads(x) for x in gf.read_text(encoding="utf-8").splitlines() if x.strip()]
-    scores = TraitScorer(metrics["trait"], cache_dir).score([r["response"] for r in records])
-    for r, s in zip(records, scores):
-        r["trait_score"] = s
-    metrics["trait_score"] = summary(scores)
+    metrics = rio.read_metrics(run_dir)
+    if metrics.get("trait_scorer") not in (None, NAME):
+        return False
+    records = rio.read_generations(run_dir)
+    own = metrics.get("trait")
+    for r in records:
+        r.setdefault("trait", own)
+    for trait in dict.fromkeys(r["trait"] for r in records):
+        rs = [r for r in records if r["trait"] == trait]
+        scorer = TraitScorer(trait, cache_dir)
+        for r, s in zip(rs, scorer.score([r["response"] for r in rs])):
+            r["trait_score"] = s
+        based = [r for r in rs if "base_response" in r]
+        for r, s in zip(based, scorer.score([r["base_response"] for r in based])):
+            r["base_trait_score"] = s
+    if own:
+        metrics["trait_score"] = rio.own_trait_score(metrics, records)
+    if "traits" in metrics:
+        metrics["traits"] = rio.trait_table(records)
     metrics["trait_scorer"] = NAME
-    write_text_atomic(gf, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    write_json_atomic(mf, metrics)
+    rio.write_generations(run_dir, records)
+    rio.write_metrics(run_dir, metrics)
     return True
 
 
