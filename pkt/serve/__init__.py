@@ -1,0 +1,15 @@
+"""``python -m pkt.serve``: an OpenAI-compatible HTTP API and a chat page over one model,
+whose personality is chosen per request (NPTI neuron edits, ActAdd, or prompting).
+
+    from pkt.serve import Settings, create_app
+    app = create_app(pkt.load_model("tiny_random"), Settings(n_search=4))
+
+Modules: :mod:`pkt.serve.app` (FastAPI app, the generation lock), :mod:`pkt.serve.engine`
+(incremental decoding, sampling, stop strings), :mod:`pkt.serve.personas` (the
+``personality`` field, the model-name shorthand, the Personality cache),
+:mod:`pkt.serve.page` (the chat page), :mod:`pkt.serve.__main__` (the Hydra entry point).
+"""
+
+from pkt.serve.app import Settings, create_app
+
+__all__ = ["Settings", "create_app"]

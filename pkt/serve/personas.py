@@ -1,0 +1,205 @@
+"""What personality a request asks for, and the composed Personality objects, cached.
+
+A request names its personality in one of two ways:
+
+- the body field ``personality``: ``{"traits": {"extraversion": {"aspect": "high",
+  "strength": 1.2}}, "method": "actadd"}`` (``method`` and ``conflict`` optional), or the
+  shorthand string ``"extraversion:high:1.2+neuroticism:low"`` (``@method`` may end it);
+- the model name: ``<model>+extraversion:high:1.2+neuroticism:low`` with an optional
+  ``@neuron | @actadd | @prompt | @prompt_p2`` at the end (``<model>@prompt`` alone is the
+  plain model under the neutral prompt, like any other empty profile).
+
+Both at once is refused (one place to look). Without either the answer is the plain model
+under pkt's neutral evaluation prompt.
+
+:class:`PersonalityCache` keeps composed :class:`pkt.Personality` objects per (profile,
+method), least recently used first out. It runs behind the server's generation lock, since
+identifying a trait (NPTI statistics) or computing ActAdd vectors uses the shared model.
+ActAdd's per-trait vectors are kept in memory, so a new strength or a new combination of
+traits already seen costs nothing; NPTI's statistics are pkt's cached artifacts on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from pkt import PktError
+from pkt.api import PROFILE_METHODS
+from pkt.profiles import Profile
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(PktError):
+    """A bad request: HTTP ``status``, the offending parameter, an OpenAI error code."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None,
+                 status: int = 400, type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.param, self.code, self.status, self.type = param, code, status, type
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A request's personality: the profile (possibly empty) and the method."""
+
+    profile: Profile
+    method: str
+
+    @property
+    def key(self) -> tuple:
+        traits = tuple(sorted((e.trait, e.aspect, None if e.strength is None else
+                               float(e.strength)) for e in self.profile))
+        if not traits:
+            return ((), "none", "")
+        return (traits, self.method, self.profile.conflict)
+
+    @property
+    def label(self) -> str:
+        if not self.profile:
+            return "none"
+        return f"{self.profile.label}@{self.method}"
+
+
+def _method(name, param: str) -> str:
+    if name not in PROFILE_METHODS:
+        raise RequestError(f"unknown personality method '{name}' (choose from: "
+                           f"{', '.join(PROFILE_METHODS)})", param, "invalid_personality")
+    return name
+
+
+def _profile(fn, param: str) -> Profile:
+    try:
+        return fn()
+    except RequestError:
+        raise
+    except PktError as e:
+        raise RequestError(str(e), param, "invalid_personality") from None
+
+
+def parse_shorthand(text: str, default_method: str, param: str) -> Spec:
+    """``extraversion:high:1.2+neuroticism:low[@method]``; empty text is no personality."""
+    body, at, method = text.strip().partition("@")
+    method = _method(method.strip(), param) if at else default_method
+    if not body.strip():
+        return Spec(Profile(()), method)
+    return Spec(_profile(lambda: Profile.parse(body), param), method)
+
+
+def parse_field(value, default_method: str) -> Spec:
+    """The body field ``personality``: a dict (``traits``, ``method``, ``conflict``), a
+    shorthand string, or null."""
+    param = "personality"
+    if value is None:
+        return Spec(Profile(()), default_method)
+    if isinstance(value, str):
+        return parse_shorthand(value, default_method, param)
+    if not isinstance(value, dict):
+        raise RequestError("personality must be an object {\"traits\": {...}, \"method\": ...} "
+                           f"or a shorthand string, got {type(value).__name__}", param,
+                           "invalid_personality")
+    node = dict(value)
+    method = _method(node.pop("method"), f"{param}.method") if "method" in node \
+        else default_method
+    return Spec(_profile(lambda: Profile.from_config(node, where=param), param), method)
+
+
+def parse_model(model, base: str, default_method: str) -> Spec:
+    """The model name: ``base`` or ``base+profile[@method]`` / ``base@method``."""
+    if not isinstance(model, str) or not model:
+        raise RequestError("model must be a non-empty string", "model",
+                           "invalid_type" if model is not None else "missing_required_parameter")
+    cut = min([i for i in (model.find("+"), model.find("@")) if i >= 0], default=len(model))
+    name, rest = model[:cut], model[cut:]
+    if name != base:
+        raise RequestError(f"The model '{name}' does not exist (this server serves '{base}'; "
+                           f"a personality goes after it, e.g. '{base}+extraversion:high:1.2')",
+                           "model", "model_not_found", status=404)
+    return parse_shorthand(rest.lstrip("+"), default_method, "model")
+
+
+def example_ids(base: str) -> list[str]:
+    return [f"{base}+extraversion:high:1.2", f"{base}+extraversion:high+neuroticism:low",
+            f"{base}+agreeableness:low:1.5@actadd", f"{base}+openness:high@prompt_p2"]
+
+
+class NotReady(RequestError):
+    """A trait the server would have to identify first, with ``serve.identify=false``."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "personality", "trait_not_identified", status=409)
+
+
+class PersonalityCache:
+    """Composed :class:`pkt.Personality` per (profile, method); call under the model lock."""
+
+    def __init__(self, lm, identify: bool = True, n_search: int | None = 48,
+                 search_max_new_tokens: int = 80, seed: int = 0, cache_dir=None,
+                 data_path=None, max_size: int = 64):
+        self.lm, self.identify, self.n_search = lm, identify, n_search
+        self.search_max_new_tokens, self.seed = search_max_new_tokens, seed
+        self.cache_dir, self.data_path, self.max_size = cache_dir, data_path, max_size
+        self.items: OrderedDict[tuple, object] = OrderedDict()
+        self.vectors: dict[str, dict] = {}  # ActAdd: trait -> {layer: unit (high) vector}
+        self.identified: list[str] = []  # every trait this server identified, in order
+
+    def get(self, spec: Spec):
+        """(Personality, traits identified by this call)."""
+        hit = self.items.get(spec.key)
+        if hit is not None:
+            self.items.move_to_end(spec.key)
+            return hit, []
+        pers, new = self._build(spec)
+        self.items[spec.key] = pers
+        while len(self.items) > self.max_size:
+            self.items.popitem(last=False)
+        return pers, new
+
+    def _build(self, spec: Spec):
+        import pkt
+        from pkt.neurons.identify import NotIdentified
+
+        kw = dict(n_search=self.n_search, seed=self.seed, data_path=self.data_path,
+                  cache=self.cache_dir)
+        if not spec.profile or spec.method in ("neuron", "prompt", "prompt_p2"):
+            try:
+                pers = pkt.personality(self.lm, spec.profile, spec.method, compute=self.identify,
+                                       max_new_tokens=self.search_max_new_tokens, **kw)
+            except NotIdentified as e:
+                raise NotReady(f"{e}; this server does not identify traits on request "
+                               f"(serve.identify=false): start it with serve.identify=true, or "
+                               f"list the trait in serve.preload") from None
+            new = [t for t, fresh in pers.info["identified"].items() if fresh]
+            if new:
+                self.identified += new
+                log.info("identified %s for %s", ", ".join(new), self.lm.name)
+            return pers, new
+        # actadd: one unit vector per trait (the high - low persona difference), composed here
+        new = []
+        adds: dict = {}
+        for e in spec.profile:
+            vec = self.vectors.get(e.trait)
+            if vec is None:
+                if not self.identify:
+                    raise NotReady(f"no ActAdd vector for {e.trait} yet; this server does not "
+                                   f"compute them on request (serve.identify=false): start it "
+                                   f"with serve.identify=true, or list the trait in "
+                                   f"serve.preload with @actadd")
+                unit = pkt.personality(self.lm, f"{e.trait}:high:1", "actadd",
+                                       coefficient=1.0, **kw)
+                vec = self.vectors[e.trait] = unit.parts
+                new.append(e.trait)
+                self.identified.append(e.trait)
+                log.info("computed the ActAdd vector of %s for %s", e.trait, self.lm.name)
+            s = (1.0 if e.aspect == "high" else -1.0) * COEFFICIENT * (
+                1.0 if e.strength is None else e.strength)
+            for layer, v in vec.items():
+                adds[layer] = adds[layer] + s * v if layer in adds else s * v
+        info = {"method": "actadd", "seed": self.seed, "coefficient": COEFFICIENT,
+                "identified": {t: t in new for t in (e.trait for e in spec.profile)}}
+        return pkt.Personality(self.lm, spec.profile, "actadd", adds, info), new
+
+
+COEFFICIENT = 4.0  # ActAdd's multiplier at strength 1 (pkt.personality's default)
