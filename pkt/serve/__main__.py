@@ -158,7 +158,13 @@ def serve(cfg: DictConfig) -> None:
     lm = instantiate(cfg.model).load()
     app = create_app(lm, settings)
     app.state.service.preload(settings.preload)
-    make_server(app, host, port, level).run()
+    server = make_server(app, host, port, level)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn stops gracefully on Ctrl-C / SIGTERM, then raises the signal again
+        if not server.started:
+            raise
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="serve")
