@@ -24,8 +24,14 @@ install: $(STAMP) ## create .venv and install pkt, torch (CPU), the embedded mod
 run: install ## the main job: NPTI on agreeableness, embedded model, CPU, offline (ARGS=... for overrides)
 	$(PY) -m pkt.run method=neuron trait=agreeableness $(ARGS)
 
-test: install ## run the test suite (tiny random model + the real embedded model end to end)
+test: install browser ## run the test suite (tiny random model + the real embedded model end to end)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+browser: ## install Debian's chromium (for the chat page's browser test) when it is missing
+	@command -v chromium >/dev/null || { S=; if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then S=sudo; fi; $$S apt-get update && $$S apt-get install -y --no-install-recommends chromium; }
+
+serve: install ## chat page + OpenAI-compatible API on http://127.0.0.1:8000 (ARGS=... for overrides)
+	$(PY) -m pkt.serve $(ARGS)
 
 test-slow: install ## the long studies marked slow
 	$(PY) -m pytest -q -m slow $(ARGS)
@@ -49,4 +55,4 @@ clean: ## remove run outputs and caches (keeps .venv and the model cache)
 	rm -rf outputs/runs outputs/multiruns .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test test-slow sweep compare bench lint wandb-sync clean
+.PHONY: help install run test browser serve test-slow sweep compare bench lint wandb-sync clean
