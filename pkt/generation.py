@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from pkt.hooks import Scope, position_ids
+
 
 @dataclass
 class GenConfig:
@@ -130,7 +132,7 @@ def _repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
-def _prefill(model, rows: list[list[int]], device, positions: dict | None):
+def _prefill(model, rows: list[list[int]], device, scope: Scope | None):
     """KV cache, attention mask and last position ids of a batch of prompts.
 
     Rows that share a prefix (:func:`prefix_groups`) get its keys and values from one
@@ -152,8 +154,8 @@ def _prefill(model, rows: list[list[int]], device, positions: dict | None):
             if p == 0:
                 continue
             ids = torch.tensor([rows[s][:p]], dtype=torch.long, device=device)
-            if positions is not None:
-                positions["mask"] = torch.zeros_like(ids, dtype=torch.bool)
+            if scope is not None:
+                scope.mark(torch.zeros_like(ids, dtype=torch.bool))
             cache = DynamicCache(config=cfg)
             model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
             layers = [(k, v) for k, v, *_ in cache]
@@ -173,13 +175,13 @@ def _prefill(model, rows: list[list[int]], device, positions: dict | None):
         ids[b, smax - len(r):] = torch.tensor(r, dtype=torch.long)
         rest_mask[b, smax - len(r):] = 1
     mask = torch.cat([pre_mask, rest_mask], 1).to(device)
-    pos = (mask.cumsum(-1) - 1).clamp_min(0)[:, pmax:]
+    pos = position_ids(mask)[:, pmax:]
     cache = DynamicCache(ddp_cache_data=[tuple(x) for x in kv], config=cfg) if kv else \
         DynamicCache(config=cfg)
-    if positions is not None:  # the last prompt position produces the first generated token
+    if scope is not None:  # the last prompt position produces the first generated token
         m = torch.zeros(B, smax, dtype=torch.bool, device=device)
         m[:, -1] = True
-        positions["mask"] = m
+        scope.mark(m)
     out = model(input_ids=ids.to(device), attention_mask=mask, position_ids=pos, cache=cache,
                 use_cache=True, logits_to_keep=1)
     return cache, mask, pos[:, -1:], out.logits[:, -1]
@@ -187,18 +189,18 @@ def _prefill(model, rows: list[list[int]], device, positions: dict | None):
 
 @torch.no_grad()
 def decode_batch(model, rows: list[list[int]], gen: GenConfig, eos: set[int],
-                 positions: dict | None = None) -> list[list[int]]:
+                 scope: Scope | None = None) -> list[list[int]]:
     """Greedy decoding of one batch of prompt ids; returns each row's generated ids.
 
     A row stops at its first EOS (kept) or after ``gen.max_new_tokens``; finished rows
     leave the batch (their cache rows are dropped), so later steps cost less. With
-    ``positions`` (a dict), ``positions['mask']`` marks before every forward pass the
-    positions that produce a generated token: the last prompt position at prefill, every
+    ``scope`` (a marked :class:`pkt.hooks.Scope`), ``scope.mark()`` gets before every
+    forward pass the positions that produce a generated token: the last prompt position at prefill, every
     row at a decode step (all rows in the batch are still generating), nothing while a
     shared prefix is computed.
     """
     device = next(model.parameters()).device
-    cache, mask, pos, logits = _prefill(model, rows, device, positions)
+    cache, mask, pos, logits = _prefill(model, rows, device, scope)
     B = len(rows)
     vocab = logits.shape[-1]
     seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
@@ -223,32 +225,32 @@ def decode_batch(model, rows: list[list[int]], gen: GenConfig, eos: set[int],
             alive, nxt, mask, pos, seen = alive[keep], nxt[keep], mask[keep], pos[keep], seen[keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
         pos = pos + 1
-        if positions is not None:
-            positions["mask"] = torch.ones(len(alive), 1, dtype=torch.bool, device=device)
+        if scope is not None:
+            scope.mark(torch.ones(len(alive), 1, dtype=torch.bool, device=device))
         logits = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos,
                        cache=cache, use_cache=True).logits[:, -1]
-    if positions is not None:
-        positions["mask"] = None
+    if scope is not None:
+        scope.mark(None)
     return outs
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], gen: GenConfig, desc: str = "generate",
              progress: bool = True, stats: GenStats | None = None,
-             positions: dict | None = None, engine: str = "pkt") -> list[Generation]:
+             scope: Scope | None = None, engine: str = "pkt") -> list[Generation]:
     """Greedy generation for chat-formatted ``prompts``, returned in input order.
 
     ``engine="pkt"`` (default) is :func:`decode_batch`: prompts sorted by their token ids
     so that rows sharing a prefix (a persona description, an instruction) sit in the same
     batch and compute it once, finished rows dropped from the batch, and, with
-    ``positions``, the generated-token positions marked for a recording hook.
+    ``scope``, the generated-token positions marked for a recording hook.
     ``engine="hf"`` is transformers' ``generate`` on left-padded batches (the reference
     the engine is tested against; it penalises padding tokens as repeats, the engine does
     not).
     """
     if engine not in ("pkt", "hf"):
         raise ValueError(f"unknown engine {engine!r}")
-    if positions is not None and engine != "pkt":
+    if scope is not None and engine != "pkt":
         raise ValueError("recording positions needs engine='pkt'")
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
@@ -260,7 +262,7 @@ def generate(model, tokenizer, prompts: list[str], gen: GenConfig, desc: str = "
         idx = order[start : start + gen.batch_size]
         t0 = time.perf_counter()
         if engine == "pkt":
-            outs = decode_batch(model, [ids[i] for i in idx], gen, eos, positions)
+            outs = decode_batch(model, [ids[i] for i in idx], gen, eos, scope)
         else:
             outs = _hf_batch(model, tokenizer, [prompts[i] for i in idx], gen, eos, device)
         dt = time.perf_counter() - t0

@@ -10,9 +10,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,17 +184,11 @@ class GGUFPackageModel:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        self.cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.cache_dir.parent, prefix=f".{self.name}-"))
-        try:
-            os.chmod(tmp, 0o755)
+        from pkt.artifacts import atomic_dir
+
+        with atomic_dir(self.cache_dir) as tmp:  # umask modes; an old cache is replaced
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            if self.cache_dir.exists():
-                shutil.rmtree(self.cache_dir)
-            os.replace(tmp, self.cache_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return self.cache_dir
 
     def load(self) -> LoadedModel:

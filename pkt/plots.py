@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pkt.artifacts import atomic_path  # noqa: E402
+
 
 def neurons_per_layer(counts: dict[str, list[int]], title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -21,7 +23,8 @@ def neurons_per_layer(counts: dict[str, list[int]], title: str, path: Path) -> P
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # keeps the suffix: savefig picks PNG
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -39,7 +42,8 @@ def diff_distribution(diffs, selected_min: dict[str, float], title: str, path: P
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # keeps the suffix: savefig picks PNG
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -70,6 +74,7 @@ def leakage_heatmap(values: list[list[float | None]], rows: list[str], cols: lis
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="trait score - base (1-5 scale)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # keeps the suffix: savefig picks PNG
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import re
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pkt import PktError  # noqa: E402
-from pkt.artifacts import write_text_atomic  # noqa: E402
+from pkt.artifacts import atomic_path, write_text_atomic  # noqa: E402
 from pkt.profiles import TRAIT_NAMES  # noqa: E402
 from pkt.records import read_metrics  # noqa: E402
 
@@ -293,15 +291,10 @@ def render_csv(runs: list[Run]) -> tuple[str, list[dict]]:
 
 
 def _save(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
         fig.tight_layout()
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:  # keeps the .png suffix: savefig picks PNG
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
     return path

@@ -8,6 +8,7 @@ import torch
 
 from pkt import PktError
 from pkt.generation import GenConfig
+from pkt.hooks import Scope
 from pkt.methods import RunContext
 from pkt.methods.actadd import ActAddMethod
 from pkt.models import TinyRandomModel
@@ -111,7 +112,9 @@ def test_decode_only_leaves_the_prefill_alone(prepared):
     # teacher-forced scoring: only the positions marked as generated are steered
     mask = torch.zeros(ids.shape, dtype=torch.bool)
     mask[:, -3:] = True
-    with m.intervention(positions={"mask": mask}):
+    scope = Scope.marked()
+    scope.mark(mask)
+    with m.intervention(scope=scope):
         scored = _forward(lm, ids)
     assert torch.equal(scored.logits[:, :-3], base_prefill.logits[:, :-3])
     assert not torch.allclose(scored.logits[:, -3:], base_prefill.logits[:, -3:], atol=1e-4)

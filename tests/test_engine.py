@@ -8,6 +8,7 @@ from pkt import prompts
 from pkt.artifacts import ArtifactStore
 from pkt.bench import Bench
 from pkt.generation import GenConfig, chat_prompt, decode_batch, generate, prefix_groups
+from pkt.hooks import Scope
 from pkt.neurons import identify
 from pkt.neurons.sites import shape
 from pkt.neurons.stats import ActivationStats, collect_stats
@@ -130,9 +131,9 @@ def test_recorded_positions_follow_rows_that_finish_early(spread_tiny):
     stop = free[1][4]
     L, N = shape(lm.model)
     live = ActivationStats(L, N)
-    state: dict = {}
-    with recording(lm.model, live, state, count_tokens=True):
-        outs = decode_batch(lm.model, rows, GenConfig(12, 5, 1.0), {stop}, positions=state)
+    scope = Scope.marked()
+    with recording(lm.model, live, scope, count_tokens=True):
+        outs = decode_batch(lm.model, rows, GenConfig(12, 5, 1.0), {stop}, scope=scope)
     assert any(len(o) < 12 for o in outs)
     ref = collect_stats(lm.model, list(zip(rows, outs)), pad_id=0, progress=False,
                         stats=ActivationStats(L, N))

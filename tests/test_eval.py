@@ -39,7 +39,7 @@ class _SharpLogits(Method):
         self.lm, self.factor = lm, factor
 
     @contextlib.contextmanager
-    def intervention(self, positions=None):
+    def intervention(self, scope=None):
         h = self.lm.model.lm_head.register_forward_hook(lambda m, i, out: out * self.factor)
         try:
             yield

@@ -7,6 +7,7 @@ import torch
 
 from pkt import PktError
 from pkt.artifacts import ArtifactStore
+from pkt.hooks import Scope
 from pkt.neurons.induce import Induction, edit_amount
 from pkt.neurons.release import export_release, import_release
 from pkt.neurons.select import NeuronSet, resolve_k, select
@@ -58,8 +59,9 @@ def test_recorded_activations_equal_act_of_gate(spread_tiny):
     ref = hand_activations(lm, ids)
     L, N = shape(lm.model)
     st = ActivationStats(L, N)
-    state = {"mask": torch.ones(1, len(ids), dtype=torch.bool)}
-    with recording(lm.model, st, state), torch.no_grad():
+    scope = Scope.marked()
+    scope.mark(torch.ones(1, len(ids), dtype=torch.bool))
+    with recording(lm.model, st, scope), torch.no_grad():
         lm.model(torch.tensor([ids]))
     counts, hist = hand_stats([r.numpy() for r in ref])
     assert torch.equal(st.counts, torch.from_numpy(counts))

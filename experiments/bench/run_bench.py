@@ -40,6 +40,7 @@ from pkt import prompts  # noqa: E402
 from pkt.artifacts import write_json_atomic  # noqa: E402
 from pkt.bench import load_bench  # noqa: E402
 from pkt.generation import chat_prompt  # noqa: E402
+from pkt.hooks import Scope  # noqa: E402
 from pkt.neurons.induce import Induction  # noqa: E402
 from pkt.neurons.select import NeuronSet  # noqa: E402
 from pkt.neurons.sites import shape  # noqa: E402
@@ -268,12 +269,12 @@ def stats_pass(model, batches, record: bool, stats: ActivationStats | None = Non
     ``stats``, or a fresh state made before the clock starts) or not."""
     device = next(model.parameters()).device
     st = stats if stats is not None or not record else ActivationStats(*shape(model), device=device)
-    state: dict = {}
+    scope = Scope.marked()
     sync(device)
     t = time.perf_counter()
-    with (recording(model, st, state) if record else contextlib.nullcontext()):
+    with (recording(model, st, scope) if record else contextlib.nullcontext()):
         for ids, attn, pos, count in batches:
-            state["mask"] = count
+            scope.mark(count)
             model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
                   logits_to_keep=1)
     sync(device)

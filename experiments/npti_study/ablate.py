@@ -26,6 +26,7 @@ from pkt.bench import load_bench
 from pkt.eval import capability
 from pkt.eval.scorer import TraitScorer
 from pkt.generation import GenConfig, chat_prompt, generate
+from pkt.hooks import Scope
 from pkt.models import GGUFPackageModel
 from pkt.neurons import identify
 from pkt.neurons.induce import Induction
@@ -114,10 +115,10 @@ def main():
             t1 = time.time()
             with ind.apply():
                 gens = generate(lm.model, lm.tokenizer, texts, gen, progress=False)
-            pos = {"mask": None}
-            ind.positions = pos
+            scope = Scope.marked()
+            ind.scope = scope
             with ind.apply():
-                now = capability.measure(lm, a.n_mc, 16, pos)
+                now = capability.measure(lm, a.n_mc, 16, scope)
             caps = {"ppl_ratio": now["ppl"] / base_caps["ppl"],
                     "mc_ratio": now["mc_accuracy"] / base_caps["mc_accuracy"]}
             res[aspect] = (record(cell, aspect, gens, caps, len(sets[aspect])), caps)

@@ -17,6 +17,7 @@ from pathlib import Path
 from pkt import PACKAGE_DIR, PktError
 from pkt.artifacts import write_json_atomic
 from pkt.eval.likelihood import continuation_logprobs
+from pkt.hooks import Scope
 
 DATA = PACKAGE_DIR / "eval" / "data"
 MC_FILE = DATA / "capability_mc.jsonl"
@@ -47,7 +48,7 @@ def probe_hash(n_mc: int | None) -> str:
     return h.hexdigest()[:16]
 
 
-def measure(lm, n_mc: int | None = None, batch_size: int = 16, positions: dict | None = None) -> dict:
+def measure(lm, n_mc: int | None = None, batch_size: int = 16, scope: Scope | None = None) -> dict:
     """MC accuracy and neutral-text perplexity of ``lm.model`` as it is right now."""
     tok = lm.tokenizer
     items = load_mc(n_mc)
@@ -57,7 +58,7 @@ def measure(lm, n_mc: int | None = None, batch_size: int = 16, positions: dict |
         for c in r["choices"]:
             seqs.append((ctx, tok(" " + str(c), add_special_tokens=False)["input_ids"]))
             owner.append(qi)
-    lp = continuation_logprobs(lm.model, seqs, tok.pad_token_id, batch_size, positions)
+    lp = continuation_logprobs(lm.model, seqs, tok.pad_token_id, batch_size, scope)
     best: dict[int, tuple[float, int]] = {}
     k = 0
     for qi, r in enumerate(items):
@@ -72,7 +73,7 @@ def measure(lm, n_mc: int | None = None, batch_size: int = 16, positions: dict |
     for p in paragraphs():
         ids = tok(p, add_special_tokens=False)["input_ids"]
         text_seqs.append((ids[:1], ids[1:]))
-    tl = continuation_logprobs(lm.model, text_seqs, tok.pad_token_id, batch_size, positions)
+    tl = continuation_logprobs(lm.model, text_seqs, tok.pad_token_id, batch_size, scope)
     nll = -sum(s for s, _ in tl) / max(sum(n for _, n in tl), 1)
     return {"mc_accuracy": acc, "ppl": math.exp(nll), "n_mc": len(items)}
 
@@ -95,9 +96,9 @@ def base_figures(lm, cache_dir: str | Path | None, n_mc: int | None, batch_size:
 
 def retention(lm, method, cache_dir, n_mc: int | None = None, batch_size: int = 16) -> dict:
     base = base_figures(lm, cache_dir, n_mc, batch_size)
-    positions: dict = {"mask": None}
-    with method.intervention(positions=positions):
-        now = measure(lm, n_mc, batch_size, positions)
+    scope = Scope.marked()  # the scored continuations stand for generated tokens
+    with method.intervention(scope=scope):
+        now = measure(lm, n_mc, batch_size, scope)
     return {
         "mc_accuracy": now["mc_accuracy"], "mc_accuracy_base": base["mc_accuracy"],
         "mc_ratio": now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else None,

@@ -64,12 +64,12 @@ class Method:
     def user_prompt(self, question: str, i: int) -> str:
         return prompts.neutral(question)
 
-    def intervention(self, positions: dict | None = None) -> contextlib.AbstractContextManager:
+    def intervention(self, scope=None) -> contextlib.AbstractContextManager:
         """The model under this method, while the context is open.
 
-        ``positions``: for teacher-forced scoring (capability probes), a dict whose
-        ``'mask'`` entry the caller sets to the bool [batch, seq] positions that stand for
-        generated tokens before each forward pass; ``None`` means ordinary generation.
+        ``scope``: for teacher-forced scoring (capability probes), a marked
+        :class:`pkt.hooks.Scope` whose mask the caller sets before each forward pass to the
+        positions that stand for generated tokens; ``None`` means ordinary generation.
         """
         return contextlib.nullcontext()
 
@@ -92,7 +92,7 @@ class Method:
 
     @classmethod
     def profile_intervention(cls, parts: list[Method], profile,
-                             positions: dict | None = None) -> contextlib.AbstractContextManager:
+                             scope=None) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
     @classmethod
@@ -132,5 +132,5 @@ class ProfileMethod(Method):
     def user_prompt(self, question: str, i: int) -> str:
         return self.kind.profile_prompt(self.parts, question, i)
 
-    def intervention(self, positions: dict | None = None):
-        return self.kind.profile_intervention(self.parts, self.profile, positions)
+    def intervention(self, scope=None):
+        return self.kind.profile_intervention(self.parts, self.profile, scope)

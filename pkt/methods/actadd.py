@@ -15,7 +15,6 @@ fingerprint, trait, data, search questions, layers, position and seed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from pkt import PktError, prompts
 from pkt.artifacts import ArtifactStore
+from pkt.hooks import Scope, hooked, position_ids
 from pkt.methods import Method, RunContext
 from pkt.neurons import identify
 from pkt.neurons.sites import decoder_layers
@@ -58,7 +58,7 @@ def mean_activations(model, tokenizer, texts: list[str], layers: list[int],
     if not texts:
         raise PktError("activation addition needs at least one search question")
     device = next(model.parameters()).device
-    blocks = decoder_layers(model)
+    decoder_layers(model)  # an unsupported architecture fails here, with its message
     wanted = sorted(set(layers))
     deepest = wanted[-1]
     captured: dict[int, torch.Tensor] = {}
@@ -72,13 +72,12 @@ def mean_activations(model, tokenizer, texts: list[str], layers: list[int],
 
         return hook
 
-    handles = [blocks[i].register_forward_hook(make(i)) for i in wanted]
-    try:
+    with hooked(model, {("resid.post", i): make(i) for i in wanted}):
         for s in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress):
             enc = tokenizer(texts[s : s + batch_size], return_tensors="pt", padding=True,
                             add_special_tokens=False)
             ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-            pos = (attn.cumsum(-1) - 1).clamp_min(0)
+            pos = position_ids(attn)
             captured.clear()
             try:
                 model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
@@ -94,9 +93,6 @@ def mean_activations(model, tokenizer, texts: list[str], layers: list[int],
                 else:
                     v = h[torch.arange(h.shape[0], device=h.device), last]
                 sums[i] = sums.get(i, 0) + v.sum(0).cpu()
-    finally:
-        for h in handles:
-            h.remove()
     return {i: sums[i] / len(texts) for i in wanted}
 
 
@@ -111,49 +107,34 @@ def steering_vectors(lm, bench, seed: int, layers: list[int], position: str = "m
     return {i: (means["high"][i] - means["low"][i]).contiguous() for i in means["high"]}
 
 
-@contextlib.contextmanager
 def steer(model, adds: dict[int, torch.Tensor], include_prompt: bool = False,
-          positions: dict | None = None):
-    """Forward hooks adding ``adds[l]`` to the output of decoder block ``l``; removed on exit.
-
-    Generation (``positions is None``): decode steps only (one position fed), or every
-    position with ``include_prompt``. Teacher-forced scoring: ``positions['mask']`` marks the
-    positions standing for generated tokens; only those get the vector unless
-    ``include_prompt``.
-    """
-    blocks = decoder_layers(model)
-    handles = []
+          scope: Scope | None = None):
+    """Context manager: ``adds[l]`` added to the ``resid.post`` site of block ``l`` at the
+    positions of ``scope`` (default: decode steps, or every position with
+    ``include_prompt``); removed on exit."""
+    if scope is None or include_prompt:  # include_prompt: every position, also when scoring
+        scope = Scope.for_generation(include_prompt)
 
     def make(vec: torch.Tensor):
         cache: dict = {}
 
         def hook(_mod, _inp, out):
             h = _hidden(out)
+            where = scope.select(h)
+            if where is None:
+                return None
             v = cache.get((h.device, h.dtype))
             if v is None:
                 v = cache[(h.device, h.dtype)] = vec.to(h.device, h.dtype)
-            if include_prompt:
+            if where is True:
                 h = h + v
-            elif positions is not None:
-                mask = positions.get("mask")
-                if mask is None or tuple(mask.shape) != tuple(h.shape[:2]):
-                    return None
-                h = h + v * mask.to(h.device, h.dtype).unsqueeze(-1)
-            elif h.shape[-2] > 1:
-                return None
             else:
-                h = h + v
+                h = h + v * where.to(h.device, h.dtype).unsqueeze(-1)
             return (h, *out[1:]) if isinstance(out, tuple) else h
 
         return hook
 
-    try:
-        for i, vec in adds.items():
-            handles.append(blocks[i].register_forward_hook(make(vec)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    return hooked(model, {("resid.post", i): make(vec) for i, vec in adds.items()})
 
 
 class ActAddMethod(Method):
@@ -230,8 +211,8 @@ class ActAddMethod(Method):
         sign = 1.0 if (aspect or self.ctx.aspect) == "high" else -1.0
         return {i: sign * self.coefficient * self.vectors[i] for i in self.layers}
 
-    def intervention(self, positions: dict | None = None):
-        return steer(self.ctx.lm.model, self.additions(), self.include_prompt, positions)
+    def intervention(self, scope: Scope | None = None):
+        return steer(self.ctx.lm.model, self.additions(), self.include_prompt, scope)
 
     # a profile: the sum of every trait's vector times its sign and strength (1.0 when the
     # profile gives none), at the layers of the method's config
@@ -245,9 +226,9 @@ class ActAddMethod(Method):
         return adds
 
     @classmethod
-    def profile_intervention(cls, parts: list[ActAddMethod], profile, positions=None):
+    def profile_intervention(cls, parts: list[ActAddMethod], profile, scope=None):
         return steer(parts[0].ctx.lm.model, cls.profile_additions(parts),
-                     parts[0].include_prompt, positions)
+                     parts[0].include_prompt, scope)
 
     @classmethod
     def profile_info(cls, parts: list[ActAddMethod], profile) -> dict:

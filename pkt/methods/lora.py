@@ -381,7 +381,7 @@ class LoraMethod(Method):
         finally:
             self.peft.base_model.disable_adapter_layers()
 
-    def intervention(self, positions: dict | None = None):
+    def intervention(self, scope=None):
         """The adapter is enabled while the context is open. It acts at every position (prompt
-        and answer alike, as in generation), so teacher-forced ``positions`` change nothing."""
+        and answer alike, as in generation), so a teacher-forced ``scope`` changes nothing."""
         return self._enabled()

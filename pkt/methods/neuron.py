@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from pkt import PktError, plots
 from pkt.artifacts import ArtifactStore, read_meta
+from pkt.hooks import Scope
 from pkt.methods import Method, RunContext
 from pkt.neurons import identify
 from pkt.neurons.induce import Induction, edit_tables
@@ -123,10 +124,10 @@ class NeuronMethod(Method):
         base = capability.base_figures(ctx.lm, ctx.cache_dir, self.auto_n_mc, ctx.gen.batch_size)
         chosen, trials = None, []
         for s in self.grid:
-            pos: dict = {"mask": None}
+            scope = Scope.marked()
             self.strength = s
-            with self.induction(aspect, positions=pos).apply():
-                now = capability.measure(ctx.lm, self.auto_n_mc, ctx.gen.batch_size, pos)
+            with self.induction(aspect, scope=scope).apply():
+                now = capability.measure(ctx.lm, self.auto_n_mc, ctx.gen.batch_size, scope)
             ppl_r = now["ppl"] / base["ppl"]
             mc_r = now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else 1.0
             ok = ppl_r <= self.bounds["max_ppl_ratio"] and mc_r >= self.bounds["min_mc_ratio"]
@@ -197,15 +198,15 @@ class NeuronMethod(Method):
             ctx.tracker.log_image("neurons/diff_distribution", p2)
 
     # -- step 2 ------------------------------------------------------------------
-    def induction(self, aspect: str | None = None, positions: dict | None = None) -> Induction:
+    def induction(self, aspect: str | None = None, scope: Scope | None = None) -> Induction:
         a = aspect or self.ctx.aspect
         return Induction(self.ctx.lm.model, self.sets[a], self.sets[OTHER[a]],
                          strength=self.strength, keep_prob=self.keep_prob,
                          deactivate=self.deactivate, include_prompt=self.include_prompt,
-                         seed=self.ctx.seed, positions=positions)
+                         seed=self.ctx.seed, scope=scope)
 
-    def intervention(self, positions: dict | None = None):
-        return self.induction(positions=positions).apply()
+    def intervention(self, scope: Scope | None = None):
+        return self.induction(scope=scope).apply()
 
     def persona_responses(self) -> list[dict]:
         """The persona-conditioned answers of identification (fine-tuning data for LoRA)."""
@@ -227,12 +228,12 @@ class NeuronMethod(Method):
         return self.sets[a], self.sets[OTHER[a]], self.strength
 
     @classmethod
-    def profile_intervention(cls, parts: list[NeuronMethod], profile, positions=None):
+    def profile_intervention(cls, parts: list[NeuronMethod], profile, scope=None):
         """The union of every trait's edits (:func:`pkt.neurons.induce.edit_tables`)."""
         first = parts[0]
         return Induction(first.ctx.lm.model, None, None, keep_prob=first.keep_prob,
                          deactivate=first.deactivate, include_prompt=first.include_prompt,
-                         seed=first.ctx.seed, positions=positions,
+                         seed=first.ctx.seed, scope=scope,
                          parts=[m.edit_part() for m in parts], conflict=profile.conflict).apply()
 
     @classmethod

@@ -16,6 +16,7 @@ from pkt import PktError, prompts
 from pkt.artifacts import ArtifactStore, key_hash, write_json_atomic
 from pkt.bench import Bench
 from pkt.generation import GenConfig, GenStats, chat_prompt, generate
+from pkt.hooks import Scope
 from pkt.models import LoadedModel
 from pkt.neurons.sites import shape
 from pkt.neurons.stats import ActivationStats, recording
@@ -140,13 +141,13 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
         todo = [i for i in order if i not in answers]
         bar = tqdm(total=len(texts), initial=len(answers), desc=f"persona answers ({aspect})",
                    disable=not progress, unit="q")
-        state: dict = {}
+        scope = Scope.marked()
         try:
             for s in range(0, len(todo), chunk):
                 part = todo[s : s + chunk]
-                with recording(lm.model, stats, state, count_tokens=True):
+                with recording(lm.model, stats, scope, count_tokens=True):
                     gens = generate(lm.model, lm.tokenizer, [texts[i] for i in part], gen,
-                                    progress=False, stats=gen_stats, positions=state)
+                                    progress=False, stats=gen_stats, scope=scope)
                 for i, g in zip(part, gens):
                     answers[i] = {"i": i, "text": g.text, "response_ids": g.response_ids}
                 if checkpoint is not None:

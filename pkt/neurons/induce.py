@@ -18,8 +18,9 @@ import math
 import torch
 
 from pkt import PktError
+from pkt.hooks import Scope, hooked
 from pkt.neurons.select import NeuronSet
-from pkt.neurons.sites import neuron_sites, require_one_device, shape
+from pkt.neurons.sites import require_one_device, shape
 
 
 def edit_amount(ns: NeuronSet, strength: float) -> torch.Tensor:
@@ -93,7 +94,7 @@ def edit_tables(parts, n_layers: int, width: int, deactivate: bool = True,
 class Induction:
     def __init__(self, model, target: NeuronSet | None, opposite: NeuronSet | None,
                  strength: float = 1.0, keep_prob: float = 0.9, deactivate: bool = True,
-                 include_prompt: bool = False, seed: int = 0, positions: dict | None = None,
+                 include_prompt: bool = False, seed: int = 0, scope: Scope | None = None,
                  parts: list | None = None, conflict: str = "target_wins"):
         """One trait's edit (``target``, ``opposite``, ``strength``), or a profile's:
         ``parts=[(target, opposite, strength), ...]`` composed by :func:`edit_tables`."""
@@ -106,9 +107,9 @@ class Induction:
         self.device, self.dtype = p.device, p.dtype
         self.keep_prob = float(keep_prob)
         self.include_prompt = include_prompt
-        # teacher-forced scoring: positions['mask'] marks the positions that stand for
-        # generated tokens; only those are edited
-        self.positions = positions
+        # which positions are edited: decode steps (or every position with include_prompt)
+        # in generation; in teacher-forced scoring the marked ones (Scope.marked())
+        self.scope = scope or Scope.for_generation(include_prompt)
         if parts is None:
             parts = [(target, opposite, strength)]
         add, opp, self.info = edit_tables(parts, self.n_layers, self.width, deactivate, conflict)
@@ -153,18 +154,16 @@ class Induction:
 
     @contextlib.contextmanager
     def apply(self, model=None):
-        """Hooks on every layer's activation module, removed on exit (also on error).
-
-        Decode steps only unless ``include_prompt``: with a KV cache a decode step feeds one
-        position per sequence, the prompt prefill feeds the whole prompt.
-        """
-        handles = []
+        """Hooks on every edited layer's ``mlp.act`` site, removed on exit (also on error),
+        editing the positions of ``self.scope``."""
 
         def make(layer):
-            if self.positions is not None:
+            if self.scope.kind == "marked":
+                select = self.scope.select
+
                 def scored(_mod, _inp, out):
-                    mask = self.positions.get("mask")
-                    if mask is None or mask.shape != out.shape[:2]:
+                    mask = select(out)
+                    if mask is None:
                         return None
                     out[mask] = self.edit(layer, out[mask])
                     return out
@@ -175,7 +174,7 @@ class Induction:
             cap = self._cap_rows[layer] if self.has_opp[layer] else None
             inc = self._inc_rows[layer] if self.has_add[layer] else None
             draw = layer == self.first_add and self.keep_prob < 1.0
-            decode_only = not self.include_prompt
+            decode_only = self.scope.kind == "decode"
             minimum, grad_enabled = torch.minimum, torch.is_grad_enabled
 
             def hook(_mod, _inp, out):
@@ -194,11 +193,7 @@ class Induction:
 
             return hook
 
-        try:
-            for i, site in enumerate(neuron_sites(model or self.model)):
-                if self.has_add[i] or self.has_opp[i]:
-                    handles.append(site.register_forward_hook(make(i)))
+        edited = {("mlp.act", i): make(i) for i in range(self.n_layers)
+                  if self.has_add[i] or self.has_opp[i]}
+        with hooked(model or self.model, edited):
             yield self
-        finally:
-            for h in handles:
-                h.remove()

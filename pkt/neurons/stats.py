@@ -11,11 +11,10 @@ fall exactly on an edge.)
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from tqdm.auto import tqdm
 
+from pkt.hooks import Scope, hooked, position_ids
 from pkt.neurons.sites import neuron_sites, require_one_device
 
 N_BINS = 301
@@ -90,35 +89,28 @@ class ActivationStats:
         return val.float()
 
 
-@contextlib.contextmanager
-def recording(model, stats: ActivationStats, state: dict, count_tokens: bool = False):
-    """Hooks that add each layer's activations at ``state['mask']`` positions to ``stats``.
+def recording(model, stats: ActivationStats, scope: Scope, count_tokens: bool = False):
+    """Context manager: hooks on every layer's ``mlp.act`` site that add the activations at
+    the positions ``scope`` marks (a :meth:`pkt.hooks.Scope.marked` scope, marked by the
+    caller before each forward) to ``stats``.
 
-    ``state['mask']`` is a bool [batch, seq] tensor set by the caller before each forward.
     With ``count_tokens`` the first layer's hook also adds the number of positions recorded
     to ``stats.tokens`` (for callers, like generation, that do not count them themselves).
     """
     require_one_device(model, "neuron statistics")
-    handles = []
 
     def make(layer):
         def hook(_mod, _inp, out):
-            mask = state.get("mask")
+            mask = scope.select(out)
             if mask is not None:
-                acts = out[mask]
+                acts = out[mask] if mask is not True else out.reshape(-1, out.shape[-1])
                 stats.update(layer, acts)
                 if count_tokens and layer == 0:
                     stats.tokens += int(acts.shape[0])
 
         return hook
 
-    try:
-        for i, site in enumerate(neuron_sites(model)):
-            handles.append(site.register_forward_hook(make(i)))
-        yield stats
-    finally:
-        for h in handles:
-            h.remove()
+    return hooked(model, {("mlp.act", i): make(i) for i in range(len(neuron_sites(model)))})
 
 
 def padded_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int, device):
@@ -137,7 +129,7 @@ def padded_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int, device):
         attn[b, width - len(row):] = 1
         if r:
             count[b, width - len(r):] = True
-    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    pos = position_ids(attn)
     return ids.to(device), attn.to(device), pos.to(device), count.to(device)
 
 
@@ -155,15 +147,15 @@ def collect_stats(model, seqs: list[tuple[list[int], list[int]]], pad_id: int,
     if stats is None:
         n_layers, width = shape(model)
         stats = ActivationStats(n_layers, width, device=device)
-    state: dict = {}
+    scope = Scope.marked()
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
-    with recording(model, stats, state):
+    with recording(model, stats, scope):
         for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
             batch = [seqs[i] for i in order[s : s + batch_size] if seqs[i][1]]
             if not batch:
                 continue
             ids, attn, pos, count = padded_batch(batch, pad_id, device)
-            state["mask"] = count
+            scope.mark(count)
             # logits are not needed: keep the LM head to one position
             model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
                   logits_to_keep=1)

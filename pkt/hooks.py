@@ -1,0 +1,105 @@
+"""The one place pkt registers hooks: named sites, scopes, and a context manager.
+
+**Sites** name where in a model a hook reads or edits, per architecture
+(:mod:`pkt.neurons.sites` holds the table): ``mlp.act`` is the MLP activation of a layer
+(NPTI's neurons, ``[batch, seq, width]``), ``resid.post`` the residual stream after a decoder
+block (ActAdd, ``[batch, seq, hidden]``).
+
+**Scopes** say which positions an edit touches:
+
+- ``Scope.decode()``: decode steps only — a forward that feeds one position per row (the
+  KV-cached steps of generation); the prompt's prefill is left alone. Generation's default.
+- ``Scope.every()``: every position, prompt included.
+- ``Scope.marked()``: the positions the caller marks before each forward with
+  ``scope.mark(mask)`` (a bool ``[batch, seq]``): teacher-forced scoring marks the positions
+  that stand for generated tokens, identification marks the positions that produce one.
+  A forward with no mark, or with a mark of another shape, is left alone.
+
+:func:`hooked` registers forward hooks on sites and always removes them, also on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+from pkt import PktError
+
+SITES = ("mlp.act", "resid.post")
+
+
+def site_modules(model, site: str) -> list[torch.nn.Module]:
+    """The module of every layer at ``site``, in layer order."""
+    from pkt.neurons.sites import decoder_layers, neuron_sites
+
+    if site == "mlp.act":
+        return neuron_sites(model)
+    if site == "resid.post":
+        return decoder_layers(model)
+    raise PktError(f"unknown hook site '{site}' (choose from: {', '.join(SITES)})")
+
+
+class Scope:
+    """Which positions of a forward an edit touches (see the module docstring)."""
+
+    KINDS = ("decode", "every", "marked")
+
+    def __init__(self, kind: str):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown scope '{kind}'")
+        self.kind = kind
+        self.mask: torch.Tensor | None = None
+
+    @classmethod
+    def decode(cls) -> Scope:
+        return cls("decode")
+
+    @classmethod
+    def every(cls) -> Scope:
+        return cls("every")
+
+    @classmethod
+    def marked(cls) -> Scope:
+        return cls("marked")
+
+    @classmethod
+    def for_generation(cls, include_prompt: bool = False) -> Scope:
+        return cls.every() if include_prompt else cls.decode()
+
+    def mark(self, mask: torch.Tensor | None) -> None:
+        self.mask = mask
+
+    def select(self, h: torch.Tensor):
+        """For activations ``h`` [batch, seq, ...]: ``None`` (leave this forward alone),
+        ``True`` (every position), or the bool [batch, seq] mask of positions to edit."""
+        if self.kind == "every":
+            return True
+        if self.kind == "decode":
+            return True if h.shape[-2] == 1 else None
+        m = self.mask
+        if m is None or tuple(m.shape) != tuple(h.shape[:2]):
+            return None
+        return m
+
+    def __repr__(self) -> str:
+        return f"Scope.{self.kind}()"
+
+
+@contextlib.contextmanager
+def hooked(model, hooks: dict[tuple[str, int], Callable]):
+    """Forward hooks ``{(site, layer): fn(module, inputs, output)}``, removed on exit."""
+    handles = []
+    try:
+        for (site, layer), fn in hooks.items():
+            handles.append(site_modules(model, site)[layer].register_forward_hook(fn))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: 0 at each row's first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
