@@ -431,3 +431,28 @@ def test_embedded_openai_client_completion_stream_and_personality(tmp_path, monk
         t_high, t_low = high.choices[0].message.content, low.choices[0].message.content
         assert len({text, t_high, t_low}) == 3, (text, t_high, t_low)
         print("\nplain:", text, "\nhigh:", t_high, "\nlow:", t_low)
+
+
+def test_fifo_lock_serves_in_arrival_order():
+    from pkt.serve.app import FifoLock
+
+    lock, order = FifoLock(), []
+    lock.acquire()
+    gone = threading.Event()
+    gone.set()
+    assert lock.acquire(cancel=gone) is False and lock.acquire(timeout=0.05) is False
+
+    def worker(i):
+        with lock:
+            order.append(i)
+
+    threads = []
+    for i in range(6):
+        threads.append(threading.Thread(target=worker, args=(i,)))
+        threads[-1].start()
+        while lock.waiting < i + 1:
+            time.sleep(0.005)
+    lock.release()
+    for t in threads:
+        t.join(5)
+    assert order == list(range(6)) and lock.waiting == 0 and not lock.locked()

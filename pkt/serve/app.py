@@ -21,6 +21,7 @@ import math
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -225,15 +226,64 @@ def error_response(e: Exception) -> JSONResponse:
 
 # -- the service -----------------------------------------------------------------------------
 
+class FifoLock:
+    """A lock granted in arrival order; a waiter whose ``cancel`` event is set leaves the
+    queue. Also a plain context manager (``with lock:``)."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._queue: deque = deque()
+        self._held = False
+
+    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None,
+                poll: float = 0.05) -> bool:
+        me = object()
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            self._queue.append(me)
+            try:
+                while self._held or self._queue[0] is not me:
+                    if cancel is not None and cancel.is_set():
+                        return False
+                    if end is not None and time.monotonic() >= end:
+                        return False
+                    self._cv.wait(poll)
+                self._held = True
+                return True
+            finally:
+                self._queue.remove(me)
+                self._cv.notify_all()
+
+    def release(self) -> None:
+        with self._cv:
+            if not self._held:
+                raise RuntimeError("release of an unheld FifoLock")
+            self._held = False
+            self._cv.notify_all()
+
+    def locked(self) -> bool:
+        return self._held
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
 class Service:
     """The model, its decoder, the personality cache, and the one lock around generation."""
 
     def __init__(self, lm, settings: Settings):
         self.lm, self.settings = lm, settings
         self.decoder = Decoder(lm)
-        self.lock = threading.Lock()
+        self.lock = FifoLock()
         self.busy = False
-        self.waiting = 0
         self.stats = Stats()
         self.personas = PersonalityCache(lm, settings.identify, settings.n_search,
                                          settings.search_max_new_tokens, settings.seed,
@@ -271,14 +321,9 @@ class Service:
         ``emit`` gets ``("ready", info)`` (or ``("error", exc)``) first, then ``("delta",
         text)`` events and a closing ``("done", Completion)`` or ``("error", exc)``.
         """
-        self.waiting += 1
-        try:
-            while not self.lock.acquire(timeout=0.05):
-                if cancel.is_set():
-                    emit(("error", RequestError("cancelled while waiting", code="cancelled")))
-                    return
-        finally:
-            self.waiting -= 1
+        if not self.lock.acquire(cancel=cancel):
+            emit(("error", RequestError("cancelled while waiting", code="cancelled")))
+            return
         t0 = time.perf_counter()
         out = Completion()
         try:
@@ -394,7 +439,7 @@ def create_app(lm, settings: Settings | None = None) -> FastAPI:
         st = service.stats
         return {"status": "ok", "model": base, "method": settings.method,
                 "methods": list(PROFILE_METHODS), "identify": settings.identify,
-                "busy": service.busy, "waiting": service.waiting,
+                "busy": service.busy, "waiting": service.lock.waiting,
                 "context_length": service.decoder.context_length,
                 "requests": st.requests, "completed": st.completed, "cancelled": st.cancelled,
                 "errors": st.errors, "completion_tokens": st.completion_tokens,
