@@ -295,6 +295,7 @@ def test_bad_prompt_too_long(srv):
 def test_bad_values(srv):
     check_error(srv, srv.chat(temperature=3), 400, "temperature", "invalid_value")
     check_error(srv, srv.chat(max_tokens=0), 400, "max_tokens")
+    check_error(srv, srv.chat(n=2), 400, "n", "invalid_value", "only n=1")
     check_error(srv, srv.chat(messages=[{"role": "tool", "content": "x"}]), 400,
                 "messages[0].role")
     check_error(srv, srv.chat(personality={"traits": {}, "method": "lora"}), 400,

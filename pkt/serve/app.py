@@ -187,8 +187,9 @@ def parse_chat(body, base: str, settings: Settings) -> ChatRequest:
         spec = parse_field(body["personality"], default)
     else:
         spec = from_model
-    n = _number(body, "n", 1, 1, 1, integer=True)
-    assert n == 1
+    if body.get("n") not in (None, 1):
+        raise RequestError(f"only n=1 is supported, got {json.dumps(body['n'])[:40]}", "n",
+                           "invalid_value")
     max_tokens = _number(body, "max_completion_tokens", None, 1, integer=True)
     max_tokens = _number(body, "max_tokens", max_tokens, 1, integer=True) or settings.max_tokens
     temperature = _number(body, "temperature", settings.temperature, 0, 2)
@@ -295,7 +296,7 @@ class Service:
         for text in specs or ():
             spec = parse_shorthand(str(text), self.settings.method, "serve.preload")
             with self.lock:
-                _, new = self.personas.get(spec)
+                _, new = self.personas.get(spec, progress=True)
             log.info("preloaded %s%s", spec.label, f" (identified {', '.join(new)})" if new
                      else "")
 

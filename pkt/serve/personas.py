@@ -145,24 +145,25 @@ class PersonalityCache:
         self.vectors: dict[str, dict] = {}  # ActAdd: trait -> {layer: unit (high) vector}
         self.identified: list[str] = []  # every trait this server identified, in order
 
-    def get(self, spec: Spec):
-        """(Personality, traits identified by this call)."""
+    def get(self, spec: Spec, progress: bool = False):
+        """(Personality, traits identified by this call); ``progress``: identification's
+        progress bars on stderr."""
         hit = self.items.get(spec.key)
         if hit is not None:
             self.items.move_to_end(spec.key)
             return hit, []
-        pers, new = self._build(spec)
+        pers, new = self._build(spec, progress)
         self.items[spec.key] = pers
         while len(self.items) > self.max_size:
             self.items.popitem(last=False)
         return pers, new
 
-    def _build(self, spec: Spec):
+    def _build(self, spec: Spec, progress: bool):
         import pkt
         from pkt.neurons.identify import NotIdentified
 
         kw = dict(n_search=self.n_search, seed=self.seed, data_path=self.data_path,
-                  cache=self.cache_dir)
+                  cache=self.cache_dir, progress=progress)
         if not spec.profile or spec.method in ("neuron", "prompt", "prompt_p2"):
             try:
                 pers = pkt.personality(self.lm, spec.profile, spec.method, compute=self.identify,
