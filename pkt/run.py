@@ -228,7 +228,7 @@ def run(cfg: DictConfig) -> dict:
             log.info("method %s, trait %s (%s), model %s", method.label, ctx.bench.trait,
                      cfg.aspect, lm.name)
         with timed(timings, "prepare"):
-            method.prepare()
+            prepared = method.prepare()
         asked = [(t, r) for t in scored for r in benches[t].test]
         questions = [r["question"] for _, r in asked]
         log.info("%d test questions (%s)", len(questions), ", ".join(scored))
@@ -253,7 +253,7 @@ def run(cfg: DictConfig) -> dict:
             "model": lm.name, "seed": int(cfg.seed), "n": len(records),
             "mean_response_tokens": sum(r["n_tokens"] for r in records) / max(len(records), 1),
             "gen_tokens_per_s": round(ctx.gen_stats.tokens_per_s, 2),
-            "params": params, **ctx.metrics,
+            "params": params, **prepared.metrics,
         }
         write_json_atomic(run_dir / "run_info.json", {
             "command": " ".join(["python -m pkt.run", *sys.argv[1:]]),
@@ -262,7 +262,7 @@ def run(cfg: DictConfig) -> dict:
             else benches[cfg.trait.name].data_hash,
             "data_files": {t: b.files for t, b in benches.items()} if multi
             else benches[cfg.trait.name].files,
-            "model_fingerprint": lm.fingerprint, "artifacts": ctx.artifacts,
+            "model_fingerprint": lm.fingerprint, "artifacts": prepared.artifacts,
             "seed": int(cfg.seed), "git_commit": git_commit(), "versions": versions(),
             "resolved_config": ".hydra/config.yaml",
         })

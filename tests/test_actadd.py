@@ -54,20 +54,20 @@ def test_vector_is_the_mean_difference(tmp_path, position):
     lm = TinyRandomModel(num_layers=3).load()
     ctx = _ctx(lm, tmp_path)
     m = ActAddMethod(ctx, layers=[1, 0], position=position, batch_size=3)  # 5 prompts: 2 batches
-    m.prepare()
+    prep = m.prepare()
     for layer in (0, 1):
         want = _by_hand(lm, ctx, layer, position)
         assert want.norm() > 1e-3
         assert torch.allclose(m.vectors[layer], want, atol=1e-5, rtol=0), \
             (m.vectors[layer] - want).abs().max()
-    assert ctx.metrics["actadd_cached"] is False
-    assert ctx.metrics["actadd_vector_norm"] == pytest.approx(
+    assert prep.metrics["actadd_cached"] is False
+    assert prep.artifacts["actadd_vector"]
+    assert prep.metrics["actadd_vector_norm"] == pytest.approx(
         [float(m.vectors[1].norm()), float(m.vectors[0].norm())])
     # cached: a second method reuses the artifact; low is the negated direction
     ctx2 = _ctx(lm, tmp_path, aspect="low")
     m2 = ActAddMethod(ctx2, layers=[1, 0], position=position, batch_size=3, coefficient=2.0)
-    m2.prepare()
-    assert ctx2.metrics["actadd_cached"] is True
+    assert m2.prepare().metrics["actadd_cached"] is True
     assert torch.equal(m2.vectors[0], m.vectors[0])
     assert torch.equal(m2.additions()[1], -2.0 * m.vectors[1])
     assert m2.describe()["coefficient"] == 2.0 and m2.describe()["layers"] == [1, 0]

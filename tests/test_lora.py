@@ -118,7 +118,7 @@ def test_outside_intervention_is_the_untouched_model(trained):
 
 def test_metrics_and_describe(trained):
     _, _, m = trained
-    mt = m.ctx.metrics
+    mt = m.prepared.metrics
     assert mt["lora_adapter_cached"] is False
     assert mt["lora_train_examples"] + mt["lora_val_examples"] <= len(QUESTIONS)
     assert mt["lora_val_examples"] >= 1 and 1 <= mt["lora_steps"] <= 6
@@ -136,10 +136,10 @@ def test_adapter_reload_gives_identical_greedy_outputs(trained, caplog):
     lm2 = TinyRandomModel().load()
     m2 = LoraMethod(_ctx(lm2, root), **FAST)
     with caplog.at_level("INFO", logger="pkt.methods.lora"):
-        m2.prepare()
+        prep = m2.prepare()
     assert "reusing cached adapter" in caplog.text
-    assert m2.ctx.metrics["lora_adapter_cached"] is True
-    assert m2.ctx.metrics["lora_steps"] == m.ctx.metrics["lora_steps"]
+    assert prep.metrics["lora_adapter_cached"] is True
+    assert prep.metrics["lora_steps"] == m.prepared.metrics["lora_steps"]
     with m2.intervention():
         b = generate(lm2.model, lm2.tokenizer, _texts(lm2), EVAL_GEN, progress=False)
     assert [g.response_ids for g in a] == [g.response_ids for g in b]

@@ -58,7 +58,7 @@ def _auto_method(tiny, tmp_path, **kw):
     ones = torch.ones(n)
     m.sets = {"high": NeuronSet(layer, index, 0.3 * ones, 0.5 * ones, ones),
               "low": NeuronSet(layer[:0], index[:0], ones[:0], ones[:0], ones[:0])}
-    ctx.artifacts["neuron_sets"] = "hand-made"
+    m.prepared.artifacts["neuron_sets"] = "hand-made"
     return m
 
 
@@ -78,7 +78,7 @@ def test_strength_auto_picks_the_largest_strength_within_the_bound(tiny, tmp_pat
     # cached: the same choice, no second probe
     again = _auto_method(tiny, tmp_path / "b", max_ppl_ratio=bound, min_mc_ratio=0.0)
     assert again._auto_strength("high") == (s, trials)
-    assert again.ctx.metrics["strength_auto_cached"] is True
+    assert again.prepared.metrics["strength_auto_cached"] is True
 
 
 def test_strength_auto_and_bad_strengths_are_checked(tiny, tmp_path):

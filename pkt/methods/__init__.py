@@ -36,9 +36,16 @@ class RunContext:
     cache_dir: Path
     tracker: Any = None
     progress: bool = True
-    metrics: dict = field(default_factory=dict)  # methods add their own figures here
-    artifacts: dict = field(default_factory=dict)  # artifact kind -> key hash used
     gen_stats: GenStats = field(default_factory=GenStats)
+
+
+@dataclass
+class Prepared:
+    """What ``Method.prepare()`` returns: its figures (into metrics.json) and the artifacts
+    it used (artifact kind -> key hash, into run_info.json)."""
+
+    metrics: dict = field(default_factory=dict)
+    artifacts: dict = field(default_factory=dict)
 
 
 class Method:
@@ -48,6 +55,7 @@ class Method:
     def __init__(self, ctx: RunContext, name: str, **params):
         self.ctx, self.name, self.params = ctx, name, dict(params)
         self.profile_strength: float | None = None
+        self.prepared = Prepared()
 
     @property
     def label(self) -> str:
@@ -58,8 +66,9 @@ class Method:
         """The method's parameters, written beside every generation."""
         return {"method": self.name, **self.params}
 
-    def prepare(self) -> None:
-        pass
+    def prepare(self) -> Prepared:
+        """The expensive, cached work; returns the method's figures and artifact keys."""
+        return self.prepared
 
     def user_prompt(self, question: str, i: int) -> str:
         return prompts.neutral(question)
@@ -119,15 +128,15 @@ class ProfileMethod(Method):
     def label(self) -> str:
         return self._label
 
-    def prepare(self) -> None:
-        for m in self.parts:
-            m.prepare()
+    def prepare(self) -> Prepared:
+        done = {m.ctx.bench.trait.lower(): m.prepare() for m in self.parts}
         self.params["strengths"] = {m.ctx.bench.trait.lower(): getattr(m, "strength", None)
                                     for m in self.parts}
-        self.ctx.metrics["profile_composition"] = self.kind.profile_info(self.parts, self.profile)
-        self.ctx.metrics["parts"] = {m.ctx.bench.trait.lower(): m.ctx.metrics for m in self.parts}
-        self.ctx.artifacts.update({f"{m.ctx.bench.trait.lower()}.{k}": v
-                                   for m in self.parts for k, v in m.ctx.artifacts.items()})
+        self.prepared.metrics["profile_composition"] = self.kind.profile_info(self.parts, self.profile)
+        self.prepared.metrics["parts"] = {t: p.metrics for t, p in done.items()}
+        self.prepared.artifacts.update({f"{t}.{k}": v for t, p in done.items()
+                                        for k, v in p.artifacts.items()})
+        return self.prepared
 
     def user_prompt(self, question: str, i: int) -> str:
         return self.kind.profile_prompt(self.parts, question, i)

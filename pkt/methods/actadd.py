@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from pkt import PktError, prompts
 from pkt.artifacts import ArtifactStore
 from pkt.hooks import Scope, hooked, position_ids
-from pkt.methods import Method, RunContext
+from pkt.methods import Method, Prepared, RunContext
 from pkt.neurons import identify
 from pkt.neurons.sites import decoder_layers
 
@@ -177,7 +177,7 @@ class ActAddMethod(Method):
             "prompt": prompts.ROLEPLAY,
         }
 
-    def prepare(self) -> None:
+    def prepare(self) -> Prepared:
         ctx = self.ctx
         key = self.vector_key()
         path = None if self.recompute else self.store.load("actadd_vector", key)
@@ -200,9 +200,10 @@ class ActAddMethod(Method):
                                           "direction": "high - low", "norms": norms,
                                           "n_questions": len(ctx.bench.search)})
             cached = False
-        ctx.artifacts["actadd_vector"] = path.name
-        ctx.metrics["actadd_vector_norm"] = [float(self.vectors[i].norm()) for i in self.layers]
-        ctx.metrics["actadd_cached"] = cached
+        self.prepared.artifacts["actadd_vector"] = path.name
+        self.prepared.metrics["actadd_vector_norm"] = [float(self.vectors[i].norm()) for i in self.layers]
+        self.prepared.metrics["actadd_cached"] = cached
+        return self.prepared
 
     def additions(self, aspect: str | None = None) -> dict[int, torch.Tensor]:
         """What is added per layer for ``aspect``: +-coefficient * vector."""

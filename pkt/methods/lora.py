@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from pkt import PktError, prompts
 from pkt.artifacts import ArtifactStore, key_hash, read_meta
 from pkt.generation import chat_prompt
-from pkt.methods import Method, RunContext
+from pkt.methods import Method, Prepared, RunContext
 from pkt.neurons import identify
 from pkt.neurons.sites import require_one_device
 
@@ -243,14 +243,14 @@ class LoraMethod(Method):
         }
 
     # -- prepare ---------------------------------------------------------------------
-    def prepare(self) -> None:
+    def prepare(self) -> Prepared:
         ctx = self.ctx
         if self.peft is not None:
-            return
+            return self.prepared
         if self.adapter_from:
             path = Path(self.adapter_from)
             self._load(path)
-            ctx.artifacts["lora_adapter_from"] = str(path)
+            self.prepared.artifacts["lora_adapter_from"] = str(path)
             cached = True
         else:
             key = self.adapter_key()
@@ -262,11 +262,11 @@ class LoraMethod(Method):
             else:
                 path = self._train_and_save(key)
                 cached = False
-            ctx.artifacts["lora_adapter"] = path.name
+            self.prepared.artifacts["lora_adapter"] = path.name
         self.peft.base_model.disable_adapter_layers()
         ctx.lm.model.eval()
         t = self.training
-        ctx.metrics.update({
+        self.prepared.metrics.update({
             "lora_train_examples": t.get("train_examples"),
             "lora_val_examples": t.get("val_examples"),
             "lora_final_train_loss": t.get("final_train_loss"),
@@ -274,6 +274,7 @@ class LoraMethod(Method):
             "lora_steps": t.get("steps"),
             "lora_adapter_cached": cached,
         })
+        return self.prepared
 
     def _load(self, path: Path) -> None:
         ctx = self.ctx
@@ -292,8 +293,8 @@ class LoraMethod(Method):
         ctx = self.ctx
         st, stats_dir, hit = identify.load_or_compute(self.store, ctx.lm, ctx.bench, ctx.seed,
                                                       self.search_gen, progress=ctx.progress)
-        ctx.artifacts["statistics"] = stats_dir.name
-        ctx.metrics["neuron_stats_cached"] = hit
+        self.prepared.artifacts["statistics"] = stats_dir.name
+        self.prepared.metrics["neuron_stats_cached"] = hit
         examples = training_examples(ctx.lm.tokenizer, st["responses"], ctx.aspect,
                                      int(self.params["max_length"]))
         train, val = split(examples, self.params["val_fraction"], ctx.seed)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from pkt import PktError, plots
 from pkt.artifacts import ArtifactStore, read_meta
 from pkt.hooks import Scope
-from pkt.methods import Method, RunContext
+from pkt.methods import Method, Prepared, RunContext
 from pkt.neurons import identify
 from pkt.neurons.induce import Induction, edit_tables
 from pkt.neurons.release import export_release, file_name, import_release
@@ -65,38 +65,39 @@ class NeuronMethod(Method):
         self.stats_dir: Path | None = None
 
     # -- step 1 ------------------------------------------------------------------
-    def prepare(self) -> None:
+    def prepare(self) -> Prepared:
         ctx = self.ctx
         n_layers, width = shape(ctx.lm.model)
         if self.neurons_from:
             self.sets = self._load_external(Path(self.neurons_from), n_layers, width)
-            ctx.artifacts["neurons_from"] = str(self.neurons_from)
+            self.prepared.artifacts["neurons_from"] = str(self.neurons_from)
         else:
             st, self.stats_dir, hit = identify.load_or_compute(
                 self.store, ctx.lm, ctx.bench, ctx.seed, self.search_gen,
                 recompute=bool(self.recompute), progress=ctx.progress, gen_stats=None)
-            ctx.artifacts["statistics"] = self.stats_dir.name
-            ctx.metrics["neuron_stats_cached"] = hit
+            self.prepared.artifacts["statistics"] = self.stats_dir.name
+            self.prepared.metrics["neuron_stats_cached"] = hit
             for a in identify.ASPECTS:
-                ctx.metrics[f"search_tokens_{a}"] = int(st[f"{a}.tokens"])
+                self.prepared.metrics[f"search_tokens_{a}"] = int(st[f"{a}.tokens"])
             self.sets = select_sets(st, self.selection, self.k_min, self.threshold)
             self._save_sets()
             diffs = (st["high.prob"] - st["low.prob"]).flatten().numpy()
-            ctx.metrics["diff_max"] = float(diffs.max())
-            ctx.metrics["diff_min"] = float(diffs.min())
+            self.prepared.metrics["diff_max"] = float(diffs.max())
+            self.prepared.metrics["diff_min"] = float(diffs.min())
             self._plots(diffs, n_layers)
         total = n_layers * width
         for a, ns in self.sets.items():
-            ctx.metrics[f"neurons_{a}"] = len(ns)
-            ctx.metrics[f"neurons_{a}_frac"] = len(ns) / total
-            ctx.metrics[f"neurons_{a}_per_layer"] = ns.per_layer(n_layers)
+            self.prepared.metrics[f"neurons_{a}"] = len(ns)
+            self.prepared.metrics[f"neurons_{a}_frac"] = len(ns) / total
+            self.prepared.metrics[f"neurons_{a}_per_layer"] = ns.per_layer(n_layers)
         export_release(ctx.run_dir / "neurons", ctx.bench.trait, self.sets)
         if self.auto:
             self.strength, trials = self._auto_strength(ctx.aspect)
-            ctx.metrics["strength_auto"] = {"chosen": self.strength, "trials": trials,
-                                            **self.bounds, "n_mc": self.auto_n_mc}
+            self.prepared.metrics["strength_auto"] = {"chosen": self.strength, "trials": trials,
+                                                      **self.bounds, "n_mc": self.auto_n_mc}
             self.params["strength"] = self.strength
             self.params["strength_mode"] = "auto"
+        return self.prepared
 
     def _auto_strength(self, aspect: str) -> tuple[float, list[dict]]:
         """The largest strength of the grid whose capability stays within the bounds.
@@ -111,7 +112,7 @@ class NeuronMethod(Method):
 
         ctx = self.ctx
         key = {"stage": "npti-auto-strength", "model_fingerprint": ctx.lm.fingerprint,
-               "sets": ctx.artifacts.get("neuron_sets") or str(self.neurons_from),
+               "sets": self.prepared.artifacts.get("neuron_sets") or str(self.neurons_from),
                "aspect": aspect, "grid": self.grid, **self.bounds,
                "probe": capability.probe_hash(self.auto_n_mc), "keep_prob": self.keep_prob,
                "deactivate": self.deactivate, "include_prompt": self.include_prompt,
@@ -119,14 +120,13 @@ class NeuronMethod(Method):
         path = self.store.load("auto_strength", key)
         if path is not None:
             d = json.loads((path / "choice.json").read_text())
-            ctx.metrics["strength_auto_cached"] = True
+            self.prepared.metrics["strength_auto_cached"] = True
             return float(d["chosen"]), d["trials"]
         base = capability.base_figures(ctx.lm, ctx.cache_dir, self.auto_n_mc, ctx.gen.batch_size)
         chosen, trials = None, []
         for s in self.grid:
             scope = Scope.marked()
-            self.strength = s
-            with self.induction(aspect, scope=scope).apply():
+            with self.induction(aspect, scope=scope, strength=s).apply():
                 now = capability.measure(ctx.lm, self.auto_n_mc, ctx.gen.batch_size, scope)
             ppl_r = now["ppl"] / base["ppl"]
             mc_r = now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else 1.0
@@ -143,7 +143,7 @@ class NeuronMethod(Method):
                         "using it", chosen)
         self.store.save("auto_strength", key, lambda tmp: (tmp / "choice.json").write_text(
             json.dumps({"chosen": chosen, "trials": trials}, indent=2)))
-        ctx.metrics["strength_auto_cached"] = False
+        self.prepared.metrics["strength_auto_cached"] = False
         return chosen, trials
 
     def _save_sets(self) -> None:
@@ -166,7 +166,7 @@ class NeuronMethod(Method):
             self.store.save("neuron_sets", key, write,
                             extra={"model": ctx.lm.name, "trait": ctx.bench.trait,
                                    "k_min_resolved": resolve_k(self.k_min, total)})
-        ctx.artifacts["neuron_sets"] = self.store.path("neuron_sets", key).name
+        self.prepared.artifacts["neuron_sets"] = self.store.path("neuron_sets", key).name
 
     def _load_external(self, path: Path, n_layers: int, width: int) -> dict[str, NeuronSet]:
         title = self.ctx.bench.trait
@@ -198,10 +198,12 @@ class NeuronMethod(Method):
             ctx.tracker.log_image("neurons/diff_distribution", p2)
 
     # -- step 2 ------------------------------------------------------------------
-    def induction(self, aspect: str | None = None, scope: Scope | None = None) -> Induction:
+    def induction(self, aspect: str | None = None, scope: Scope | None = None,
+                  strength: float | None = None) -> Induction:
         a = aspect or self.ctx.aspect
         return Induction(self.ctx.lm.model, self.sets[a], self.sets[OTHER[a]],
-                         strength=self.strength, keep_prob=self.keep_prob,
+                         strength=self.strength if strength is None else strength,
+                         keep_prob=self.keep_prob,
                          deactivate=self.deactivate, include_prompt=self.include_prompt,
                          seed=self.ctx.seed, scope=scope)
 
