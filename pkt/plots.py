@@ -12,6 +12,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pkt.artifacts import atomic_path  # noqa: E402
 
 
+def _finish(fig, ax, title: str, path: Path) -> Path:
+    """Title, legend, layout; saved atomically as PNG and closed."""
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:  # keeps the suffix: savefig picks PNG
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def neurons_per_layer(counts: dict[str, list[int]], title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     n = len(next(iter(counts.values())))
@@ -20,13 +31,7 @@ def neurons_per_layer(counts: dict[str, list[int]], title: str, path: Path) -> P
         ax.bar([i + k * width for i in range(n)], c, width=width, label=f"{aspect} ({sum(c)})")
     ax.set_xlabel("layer")
     ax.set_ylabel("selected neurons")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:  # keeps the suffix: savefig picks PNG
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, title, path)
 
 
 def diff_distribution(diffs, selected_min: dict[str, float], title: str, path: Path) -> Path:
@@ -39,13 +44,7 @@ def diff_distribution(diffs, selected_min: dict[str, float], title: str, path: P
                    label=f"{aspect} cut-off ({x:+.3f})")
     ax.set_xlabel("P_high - P_low")
     ax.set_ylabel("neurons")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:  # keeps the suffix: savefig picks PNG
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, title, path)
 
 
 def leakage_heatmap(values: list[list[float | None]], rows: list[str], cols: list[str],

@@ -64,16 +64,12 @@ def write_generations(run_dir: Path, records: list[dict]) -> None:
 
 
 def read_generations(run_dir: Path) -> list[dict]:
+    from pkt.bench import iter_jsonl
+
     path = Path(run_dir) / GENERATIONS
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PktError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        if not isinstance(r, dict) or "response" not in r:
+    for n, r in iter_jsonl(path):
+        if "response" not in r:
             raise PktError(f"{path}:{n}: not a generation record (no 'response')")
         out.append(r)
     return out

@@ -39,11 +39,9 @@ class Bench:
         return pool[rng.randrange(len(pool))]
 
 
-def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    """Read and validate a JSON Lines file: every line an object with non-empty ``required``."""
-    if not path.is_file():
-        raise PktError(f"data file not found: {path}")
-    rows = []
+def iter_jsonl(path: Path):
+    """``(line number, object)`` for every non-blank line of a JSON Lines file; a line that
+    is not a JSON object is one error naming ``file:line``."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -54,14 +52,23 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
                 raise PktError(f"{path}:{n}: invalid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise PktError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            for k in required:
-                if k not in obj:
-                    raise PktError(f"{path}:{n}: missing key '{k}'")
-                v = obj[k]
-                if not isinstance(v, str) or not v.strip():
-                    raise PktError(f"{path}:{n}: empty or non-text value for '{k}'")
-            obj["_line"] = n
-            rows.append(obj)
+            yield n, obj
+
+
+def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """Read and validate a JSON Lines file: every line an object with non-empty ``required``."""
+    if not path.is_file():
+        raise PktError(f"data file not found: {path}")
+    rows = []
+    for n, obj in iter_jsonl(path):
+        for k in required:
+            if k not in obj:
+                raise PktError(f"{path}:{n}: missing key '{k}'")
+            v = obj[k]
+            if not isinstance(v, str) or not v.strip():
+                raise PktError(f"{path}:{n}: empty or non-text value for '{k}'")
+        obj["_line"] = n
+        rows.append(obj)
     if not rows:
         raise PktError(f"{path}: no records")
     return rows
