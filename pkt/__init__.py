@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT_DIR = PACKAGE_DIR.parent
 CONF_DIR = ROOT_DIR / "conf"
-DATA_DIR = PACKAGE_DIR / "bench" / "data"
+DATA_DIR = PACKAGE_DIR / "dataset" / "data"
 
 
 class PktError(Exception):

@@ -90,7 +90,7 @@ class NeuronSets:
         With ``lm`` the sets are range-checked against the model, and sets saved for another
         model (by fingerprint) are refused.
         """
-        from pkt.bench import trait_title
+        from pkt.dataset import trait_title
         from pkt.neurons.release import import_release
         from pkt.neurons.sites import shape
 
@@ -119,7 +119,7 @@ def identify(lm, trait: str, n_search: int | None = None, max_new_tokens: int = 
     ``compute=False`` uses the cache only and raises
     :class:`pkt.neurons.identify.NotIdentified` when the statistics are not there yet.
     """
-    from pkt.bench import load_bench
+    from pkt.dataset import load_bench
     from pkt.generation import GenConfig
     from pkt.neurons import identify as ident
     from pkt.neurons.select import select_sets
@@ -159,7 +159,7 @@ def steer(lm, trait: str, aspect: str = "high", layers=(15,), coefficient: float
           batch_size: int = 16) -> contextlib.AbstractContextManager:
     """ActAdd as a context manager: ``coefficient`` × the high − low persona vector (negated
     for ``aspect='low'``) added to the output of the decoder blocks ``layers``."""
-    from pkt.bench import load_bench
+    from pkt.dataset import load_bench
     from pkt.methods.actadd import steer as _steer
     from pkt.methods.actadd import steering_vectors
 
@@ -258,7 +258,7 @@ def personality(lm, profile, method: str = "neuron", compute: bool = True,
             parts.append((sets[e.aspect], sets[OTHER[e.aspect]],
                           1.0 if e.strength is None else e.strength))
     elif method == "actadd":
-        from pkt.bench import load_bench
+        from pkt.dataset import load_bench
         from pkt.methods.actadd import steering_vectors
         from pkt.neurons.sites import decoder_layers
 
@@ -279,7 +279,7 @@ def personality(lm, profile, method: str = "neuron", compute: bool = True,
 
         parts = [(Trait.load(e.trait), e) for e in profile]
     else:
-        from pkt.bench import load_bench
+        from pkt.dataset import load_bench
 
         for e in profile:
             bench = load_bench(str(data_path or DATA_DIR), e.trait, n_search=None, n_test=None,

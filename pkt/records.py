@@ -64,7 +64,7 @@ def write_generations(run_dir: Path, records: list[dict]) -> None:
 
 
 def read_generations(run_dir: Path) -> list[dict]:
-    from pkt.bench import iter_jsonl
+    from pkt.dataset import iter_jsonl
 
     path = Path(run_dir) / GENERATIONS
     out = []

@@ -537,7 +537,7 @@ def check_gen(where: str, block) -> None:
 
 
 def check_data(node: dict, obj) -> None:
-    from pkt.bench import check_data_folder, load_bench
+    from pkt.dataset import check_data_folder, load_bench
 
     if obj is load_bench and isinstance(node.get("path"), str):
         check_data_folder(Path(node["path"]))

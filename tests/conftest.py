@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import pkt
-from pkt.bench import Bench
+from pkt.dataset import Bench
 from pkt.generation import GenConfig
 from pkt.methods import RunContext
 from pkt.models import TinyRandomModel

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from pkt import DATA_DIR, PktError
-from pkt.bench import PERSONA_KEYS, TRAITS, load_bench, read_jsonl
+from pkt.dataset import PERSONA_KEYS, TRAITS, load_bench, read_jsonl
 
 FACETS = {
     "Openness": ["imagination", "artistic interests", "emotionality", "adventurousness", "intellect", "liberalism"],

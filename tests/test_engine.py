@@ -6,7 +6,7 @@ import torch
 
 from pkt import prompts
 from pkt.artifacts import ArtifactStore
-from pkt.bench import Bench
+from pkt.dataset import Bench
 from pkt.generation import GenConfig, chat_prompt, decode_batch, generate, prefix_groups
 from pkt.hooks import Scope
 from pkt.neurons import identify

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pkt import PktError
-from pkt.bench import TRAITS
+from pkt.dataset import TRAITS
 from pkt.eval import Evaluation, capability, fluency, summary
 from pkt.eval import scorer as scorer_module
 from pkt.eval.likelihood import continuation_logprobs

@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pkt import PktError, prompts
-from pkt.bench import Bench
+from pkt.dataset import Bench
 from pkt.generation import GenConfig, chat_prompt, generate, strip_response
 from pkt.methods import RunContext
 from pkt.methods.prompt import PromptMethod

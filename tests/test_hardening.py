@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 
 import pkt.run as runner
 from pkt import PktError
-from pkt.bench import load_bench
+from pkt.dataset import load_bench
 from pkt.eval import Evaluation, check_judged
 from pkt.eval.judge import OpenAIJudge
 from pkt.generation import GenConfig

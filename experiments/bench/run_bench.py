@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from pkt import prompts  # noqa: E402
 from pkt.artifacts import write_json_atomic  # noqa: E402
-from pkt.bench import load_bench  # noqa: E402
+from pkt.dataset import load_bench  # noqa: E402
 from pkt.generation import chat_prompt  # noqa: E402
 from pkt.hooks import Scope  # noqa: E402
 from pkt.neurons.induce import Induction  # noqa: E402
@@ -81,7 +81,7 @@ def machine() -> dict:
 
 
 def questions(n: int) -> list[str]:
-    b = load_bench(str(ROOT / "pkt" / "bench" / "data"), "agreeableness", n_test=None)
+    b = load_bench(str(ROOT / "pkt" / "dataset" / "data"), "agreeableness", n_test=None)
     qs = [r["question"] for r in b.test]
     return (qs * (n // len(qs) + 1))[:n]
 

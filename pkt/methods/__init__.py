@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pkt import prompts
-from pkt.bench import Bench
+from pkt.dataset import Bench
 from pkt.generation import GenConfig, Generation, GenStats, chat_prompt, generate
 from pkt.models import LoadedModel
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from pkt import PktError, prompts
 from pkt.artifacts import ArtifactStore, key_hash, write_json_atomic
-from pkt.bench import Bench
+from pkt.dataset import Bench
 from pkt.generation import GenConfig, GenStats, chat_prompt, generate
 from pkt.hooks import Scope
 from pkt.models import LoadedModel
