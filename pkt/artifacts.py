@@ -188,6 +188,21 @@ class ArtifactStore:
                            f"parameters differ); delete it or pass method.recompute=true")
         return p
 
+    def cached_json(self, kind: str, key: dict, compute: Callable[[], object],
+                    extra: dict | None = None, name: str = "value.json"):
+        """``(value, hit)``: the JSON value stored under the key (in the file ``name``), or
+        ``compute()`` stored."""
+        path = self.load(kind, key)
+        if path is not None:
+            try:
+                return json.loads((path / name).read_text(encoding="utf-8")), True
+            except (OSError, json.JSONDecodeError):
+                log.warning("unreadable %s artifact %s: computing it again", kind, path)
+        value = compute()
+        self.save(kind, key, lambda tmp: (tmp / name).write_text(
+            json.dumps(value, ensure_ascii=False), encoding="utf-8"), extra=extra)
+        return value, False
+
     def save(self, kind: str, key: dict, write: Callable[[Path], None], extra: dict | None = None) -> Path:
         """Call ``write(tmpdir)`` then publish the directory atomically under the key."""
         final = self.path(kind, key)

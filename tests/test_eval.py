@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pkt import PktError
+from pkt.artifacts import ArtifactStore
 from pkt.dataset import TRAITS
 from pkt.eval import Evaluation, capability, fluency, summary
 from pkt.eval import scorer as scorer_module
@@ -59,8 +60,11 @@ def test_capability_figures_are_sane_and_follow_the_intervention(tiny, tmp_path)
     assert r["ppl_base"] == pytest.approx(plain["ppl"]) and r["ppl"] == pytest.approx(plain["ppl"])
     assert r["mc_accuracy_base"] == plain["mc_accuracy"] and r["n_mc"] == 12
     # the second time the base figures come from the cache: a value planted there shows up
-    (cached,) = (tmp_path / "capability").glob("*.json")
-    cached.write_text(json.dumps({**json.loads(cached.read_text()), "ppl": 123.0}))
+    (cached,) = (tmp_path / "artifacts" / "capability_base").glob("*/value.json")
+    key = json.loads((cached.parent / "meta.json").read_text())["key"]
+    planted = {**json.loads(cached.read_text()), "ppl": 123.0}
+    ArtifactStore(tmp_path / "artifacts").save(
+        "capability_base", key, lambda tmp: (tmp / "value.json").write_text(json.dumps(planted)))
     again = capability.retention(tiny, base, tmp_path, n_mc=12)
     assert again["ppl_base"] == 123.0 and again["ppl_ratio"] == pytest.approx(plain["ppl"] / 123.0)
     # an intervention moves the measured figures (not the base ones), and the ratio with them
@@ -107,7 +111,7 @@ def test_scorer_direction_and_cache(tmp_path, monkeypatch):
     lo = "I prefer a quiet evening at home alone with a book; big crowds drain me and I avoid parties."
     a, b = s.score([hi, lo])
     assert 1 <= b < a <= 5
-    assert len(list((tmp_path / "scorer").glob("extraversion-*.json"))) == 1
+    assert len(list((tmp_path / "artifacts" / "scorer").iterdir())) == 1
     # the second scorer is read from the cache: it must not fit again on the corpus
     monkeypatch.setattr(scorer_module, "load_corpus", lambda *a: pytest.fail("refitted"))
     s2 = TraitScorer("extraversion", tmp_path)

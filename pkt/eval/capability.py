@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from pkt import PACKAGE_DIR, PktError
-from pkt.artifacts import write_json_atomic
+from pkt.artifacts import ArtifactStore
 from pkt.eval.likelihood import continuation_logprobs
 from pkt.hooks import Scope
 
@@ -79,18 +79,13 @@ def measure(lm, n_mc: int | None = None, batch_size: int = 16, scope: Scope | No
 
 
 def base_figures(lm, cache_dir: str | Path | None, n_mc: int | None, batch_size: int = 16) -> dict:
-    """The plain model's figures, cached per (model fingerprint, probe)."""
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / "capability" / f"{lm.fingerprint}-{probe_hash(n_mc)}.json"
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError:
-                pass
-    figs = measure(lm, n_mc, batch_size)
-    if path is not None:
-        write_json_atomic(path, figs)
+    """The plain model's figures, cached per (model fingerprint, probe) in the artifact store."""
+    if cache_dir is None:
+        return measure(lm, n_mc, batch_size)
+    store = ArtifactStore(Path(cache_dir) / "artifacts")
+    key = {"stage": "capability-base", "model_fingerprint": lm.fingerprint,
+           "probe": probe_hash(n_mc)}
+    figs, _ = store.cached_json("capability_base", key, lambda: measure(lm, n_mc, batch_size))
     return figs
 
 

@@ -11,7 +11,6 @@ intended effect; the rest is leakage.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -38,20 +37,16 @@ def base_answers(ctx, questions: list[str]) -> tuple[list[str], bool]:
     whether they came from the cache."""
     from pkt.generation import chat_prompt, generate
 
-    store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
-    key = base_key(ctx, questions)
-    path = store.load("base_answers", key)
-    if path is not None:
-        texts = json.loads((path / "answers.json").read_text())
-        if len(texts) == len(questions):
-            return texts, True
     tok = ctx.lm.tokenizer
-    gens = generate(ctx.lm.model, tok, [chat_prompt(tok, prompts.neutral(q)) for q in questions],
-                    ctx.gen, desc="base answers", progress=ctx.progress)
-    texts = [g.text for g in gens]
-    store.save("base_answers", key, lambda tmp: (tmp / "answers.json").write_text(
-        json.dumps(texts, ensure_ascii=False)))
-    return texts, False
+
+    def compute() -> list[str]:
+        gens = generate(ctx.lm.model, tok, [chat_prompt(tok, prompts.neutral(q)) for q in questions],
+                        ctx.gen, desc="base answers", progress=ctx.progress)
+        return [g.text for g in gens]
+
+    store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
+    return store.cached_json("base_answers", base_key(ctx, questions), compute,
+                             name="answers.json")
 
 
 def matrix_rows(metrics_list: list[dict]) -> list[dict]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import math
 import re
@@ -168,27 +167,27 @@ class TraitScorer:
         if not path.is_file():
             raise PktError(f"no scorer corpus for trait '{trait}' ({path})")
         digest = hashlib.sha256(path.read_bytes() + str(l2).encode()).hexdigest()[:16]
-        cache = Path(cache_dir) / "scorer" / f"{self.trait}-{digest}.json" if cache_dir else None
         self.clf, self.tfidf = LogReg(l2), Tfidf()
-        if cache is not None and cache.is_file():
-            try:
-                d = json.loads(cache.read_text())
-                self.clf.w = torch.tensor(d["w"], dtype=torch.float64)
-                self.clf.b = torch.tensor(d["b"], dtype=torch.float64)
-                self.tfidf.vocab = {t: i for i, t in enumerate(d["terms"])}
-                self.tfidf.idf = torch.tensor(d["idf"])
-            except (json.JSONDecodeError, KeyError):
-                self.clf.w = None
-        if self.clf.w is None:
+
+        def fit() -> dict:
             texts, y, _ = load_corpus(self.trait)
             self.tfidf.fit(texts)
             self.clf.fit(features(texts, self.tfidf), y)
-            if cache is not None:
-                from pkt.artifacts import write_json_atomic
+            return {"w": self.clf.w.tolist(), "b": self.clf.b.tolist(),
+                    "terms": list(self.tfidf.vocab), "idf": self.tfidf.idf.tolist()}
 
-                write_json_atomic(cache, {"w": self.clf.w.tolist(), "b": self.clf.b.tolist(),
-                                          "terms": list(self.tfidf.vocab),
-                                          "idf": self.tfidf.idf.tolist()})
+        if cache_dir is None:
+            fit()
+            return
+        from pkt.artifacts import ArtifactStore
+
+        key = {"stage": "offline-scorer", "trait": self.trait, "corpus": digest, "l2": l2}
+        d, hit = ArtifactStore(Path(cache_dir) / "artifacts").cached_json("scorer", key, fit)
+        if hit:
+            self.clf.w = torch.tensor(d["w"], dtype=torch.float64)
+            self.clf.b = torch.tensor(d["b"], dtype=torch.float64)
+            self.tfidf.vocab = {t: i for i, t in enumerate(d["terms"])}
+            self.tfidf.idf = torch.tensor(d["idf"])
 
     def p_high(self, texts: list[str]) -> list[float]:
         return self.clf.prob(features(texts, self.tfidf)).tolist() if texts else []
