@@ -132,7 +132,7 @@ class Evaluation:
     def trait_table(self, ctx, method, records: list[dict], scores: list) -> dict:
         """Per scored trait: the induced aspect (None: untouched), the score, and with
         ``base_delta`` the plain model's score on the same questions and the change."""
-        traits = set(r["trait"] for r in records)
+        traits = list(dict.fromkeys(r["trait"] for r in records))
         want = self.base_delta is True or (self.base_delta == "auto" and len(traits) > 1)
         if want:
             if method.name == "base":
@@ -141,7 +141,16 @@ class Evaluation:
             else:
                 from pkt.eval.leakage import base_answers
 
-                texts, self.base_cached = base_answers(ctx, [r["question"] for r in records])
+                # per trait, so that runs listing the traits in another order share them
+                texts: list = [None] * len(records)
+                hits = []
+                for t in traits:
+                    idx = [i for i, r in enumerate(records) if r["trait"] == t]
+                    got, hit = base_answers(ctx, [records[i]["question"] for i in idx])
+                    hits.append(hit)
+                    for i, a in zip(idx, got):
+                        texts[i] = a
+                self.base_cached = all(hits)
                 base_recs = [{**r, "response": t} for r, t in zip(records, texts)]
                 base, _ = self.score_traits(base_recs, ctx.progress)
                 for r, t, b in zip(records, texts, base):
