@@ -11,6 +11,10 @@ transformers model, so neuron hooks and generation keep working) and is DISABLED
 :meth:`LoraMethod.intervention`: the plain base model stays available, e.g. for perplexity.
 Trained adapters are cached artifacts (``lora_adapter``) keyed by model fingerprint, trait,
 aspect, training data and every hyper-parameter, and reused by later runs.
+
+Files: ``data.py`` (training examples, split, batches), ``adapter.py`` (attach or load a
+peft adapter), ``module.py`` (the Lightning module), this file (the method: cache key,
+training run, intervention).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import warnings
 from pathlib import Path
 
@@ -30,153 +33,21 @@ from torch.utils.data import DataLoader
 
 from pkt import PktError, prompts
 from pkt.artifacts import ArtifactStore, key_hash, read_meta
-from pkt.generation import chat_prompt
 from pkt.methods import Method, Prepared, RunContext
+from pkt.methods.lora.adapter import DEFAULT_TARGETS, attach_lora, load_adapter
+from pkt.methods.lora.data import collate, split, training_examples
+from pkt.methods.lora.module import LoraModule
 from pkt.neurons import identify
 from pkt.neurons.sites import require_one_device
 
 log = logging.getLogger(__name__)
 
 ADAPTER_VERSION = 1
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed", "single_device")
+__all__ = ["ADAPTER_VERSION", "DEFAULT_TARGETS", "STRATEGIES", "LoraMethod", "LoraModule",
+           "attach_lora", "collate", "load_adapter", "split", "training_examples"]
 
 
-# -- data ----------------------------------------------------------------------------
-def training_examples(tokenizer, responses: list[dict], aspect: str, max_length: int) -> list[dict]:
-    """(neutral prompt, persona answer + EOS) token sequences; labels mask the prompt with -100."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise PktError("the tokenizer has no EOS token; cannot build LoRA training examples")
-    out = []
-    for r in responses:
-        if r.get("aspect") != aspect or not str(r.get("response", "")).strip():
-            continue
-        p = tokenizer(chat_prompt(tokenizer, prompts.neutral(r["question"])),
-                      add_special_tokens=False)["input_ids"]
-        a = tokenizer(str(r["response"]).strip(), add_special_tokens=False)["input_ids"] + [eos]
-        room = int(max_length) - len(p)
-        if room < 1:
-            log.warning("skipping a training example: its prompt alone has %d tokens "
-                        "(method.max_length=%d)", len(p), max_length)
-            continue
-        a = a[:room]
-        out.append({"input_ids": list(p) + list(a), "labels": [-100] * len(p) + list(a)})
-    return out
-
-
-def split(examples: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Seeded shuffle, then at least one validation and one training example."""
-    if len(examples) < 2:
-        raise PktError(f"LoRA needs at least 2 non-empty persona answers to train and validate, "
-                       f"got {len(examples)} (raise data.n_search)")
-    idx = list(range(len(examples)))
-    random.Random(f"lora-split:{seed}").shuffle(idx)
-    n_val = min(max(1, round(float(val_fraction) * len(examples))), len(examples) - 1)
-    return [examples[i] for i in idx[n_val:]], [examples[i] for i in idx[:n_val]]
-
-
-def collate(batch: list[dict], pad_id: int) -> dict:
-    """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` (padding labelled -100)."""
-    width = max(len(b["input_ids"]) for b in batch)
-    ids = torch.full((len(batch), width), int(pad_id), dtype=torch.long)
-    attn = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    for i, b in enumerate(batch):
-        n = len(b["input_ids"])
-        ids[i, :n] = torch.tensor(b["input_ids"], dtype=torch.long)
-        attn[i, :n] = 1
-        labels[i, :n] = torch.tensor(b["labels"], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
-
-
-# -- model ---------------------------------------------------------------------------
-def attach_lora(model, rank: int, alpha: float, dropout: float, target_modules: list[str]):
-    """Inject a fresh LoRA adapter into ``model`` (in place); returns the PeftModel."""
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=int(rank), lora_alpha=float(alpha), lora_dropout=float(dropout),
-                     target_modules=list(target_modules), bias="none", task_type="CAUSAL_LM")
-    try:
-        return get_peft_model(model, cfg)
-    except ValueError as e:
-        raise PktError(f"cannot attach LoRA to this model: {str(e).splitlines()[0]} "
-                       f"(set method.target_modules to its projection names)") from None
-
-
-def load_adapter(model, path: Path):
-    """Load a saved adapter (a pkt lora_adapter artifact dir) into ``model`` (in place)."""
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(path), is_trainable=False)
-
-
-class LoraModule(L.LightningModule):
-    """The peft model, its loss (labels -100 outside the response), AdamW on the adapter."""
-
-    def __init__(self, model, lr: float = 2e-4, weight_decay: float = 0.0):
-        super().__init__()
-        self.model = model
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.final_train_loss = float("nan")
-        self.best_val_loss = float("inf")
-        self.best_state: dict | None = None
-        self._train: list[torch.Tensor] = []
-        self._val_sum, self._val_tokens = 0.0, 0
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(**batch).loss
-
-    def trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW([p for _, p in self.trainable()], lr=self.lr,
-                                 weight_decay=self.weight_decay)
-
-    def on_train_epoch_start(self) -> None:
-        self._train = []
-
-    def training_step(self, batch, batch_idx):
-        loss = self(batch)
-        self._train.append(loss.detach())
-        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=batch["input_ids"].shape[0])
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        if self._train:
-            mean = torch.stack(self._train).float().mean()
-            self.final_train_loss = float(mean)
-            self.log("train_loss_epoch", mean)
-
-    def on_validation_epoch_start(self) -> None:
-        self._val_sum, self._val_tokens = 0.0, 0
-
-    def validation_step(self, batch, batch_idx):
-        loss = self(batch)
-        n = int((batch["labels"][:, 1:] != -100).sum())  # tokens the (shifted) loss covers
-        self._val_sum += float(loss) * n
-        self._val_tokens += n
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or not self._val_tokens:
-            return
-        val = self._val_sum / self._val_tokens
-        self.log("val_loss", val, prog_bar=True)
-        if val < self.best_val_loss:
-            self.best_val_loss = val
-            self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in self.trainable()}
-
-    def restore_best(self) -> None:
-        if self.best_state is None:
-            return
-        with torch.no_grad():
-            for n, p in self.trainable():
-                p.copy_(self.best_state[n].to(p.device, p.dtype))
-
-
-# -- the method ----------------------------------------------------------------------
 class LoraMethod(Method):
     profile_support = ("method=lora does not compose profiles (its adapter is trained on one "
                        "trait and aspect's persona answers); use method=neuron, actadd, prompt "
