@@ -77,6 +77,8 @@ def parser() -> argparse.ArgumentParser:
                     help="answers drawn per (method, trait, aspect) (default 20)")
     mk.add_argument("--seed", type=int, default=0, help="sampling and shuffling seed (default 0)")
     mk.add_argument("--force", action="store_true", help="replace a packet already in --out")
+    mk.add_argument("--traits", nargs="+", metavar="TRAIT",
+                    help="only answers to these traits' questions (e.g. of profile runs)")
     sc = sub.add_parser("score", help="validate ratings and write annotation.md/.json/.png")
     sc.add_argument("packet_dir", metavar="DIR", help="a folder written by 'make'")
     sc.add_argument("ratings", nargs="+", metavar="RATINGS",
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "make":
             m = make_packet(args.run_dirs, args.out, per_condition=args.per_condition,
-                            seed=args.seed, force=args.force)
+                            seed=args.seed, force=args.force, traits=args.traits)
             print(f"wrote {m['n_items']} items from {m['n_conditions']} conditions to {args.out} "
                   f"(give annotators packet.csv or packet.jsonl and rubric.md, never key.json)")
         else:

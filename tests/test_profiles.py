@@ -261,6 +261,14 @@ def test_one_trait_profile_equals_the_plain_run_and_reuses_identification(tmp_pa
         assert again["traits"][t]["score"]["mean"] == pytest.approx(row["score"]["mean"])
         assert again["traits"][t]["delta"] == pytest.approx(row["delta"])
     assert "trait_score" not in again
+    # a blind packet of a profile run: induced and base conditions per trait, base only once
+    from pkt.annotation.packet import make_packet
+
+    man = make_packet([dc, dc], tmp_path / "packet", per_condition=3,
+                      traits=["extraversion", "neuroticism"])
+    assert man["counts"] == {"base/extraversion/none": 3, "base/neuroticism/none": 3,
+                             "neuron [extraverted_calm]/extraversion/high": 3,
+                             "neuron [extraverted_calm]/neuroticism/low": 3}
 
 
 def test_lora_profile_is_refused_with_one_line(tmp_path):

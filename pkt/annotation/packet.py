@@ -114,21 +114,45 @@ def read_run(run_dir: Path) -> list[Answer]:
     if not gens.is_file():
         raise PktError(f"{run_dir}: no generations.jsonl (not a python -m pkt.run run directory)")
     metrics = _read_metrics(run_dir)
+    profile = metrics.get("profile") if isinstance(metrics.get("profile"), dict) else None
     rows = read_jsonl(gens)
     answers = []
     for n, rec in rows:
         for field in ("question", "response"):
             if not isinstance(rec.get(field), str):
                 raise PktError(f"{gens}:{n}: '{field}' is missing or not a string")
-        labels = {}
-        for field in CONDITION_FIELDS:
-            value = metrics.get(field) or rec.get(field)
+        # the record's own trait and aspect first: runs scored on all five traits hold
+        # questions of other traits, where nothing was induced ("none")
+        method = metrics.get("method") or rec.get("method")
+        trait = rec.get("trait") or metrics.get("trait")
+        aspect = rec["aspect"] if "aspect" in rec else metrics.get("aspect")
+        if profile:
+            method = f"{method} [{profile.get('label') or 'profile'}]"
+        labels = {"method": method, "trait": trait, "aspect": aspect or "none"}
+        for field, value in labels.items():
             if not isinstance(value, str) or not value:
                 raise PktError(f"{gens}:{n}: no '{field}' in metrics.json or the record")
-            labels[field] = value
-        answers.append(Answer(run_dir=shown_path(run_dir), line=n, record=rec,
-                              scorer=metrics.get("trait_scorer"), **labels))
+        scorer = metrics.get("trait_scorer")
+        answers.append(Answer(run_dir=shown_path(run_dir), line=n, record=rec, scorer=scorer,
+                              **labels))
+        if isinstance(rec.get("base_response"), str):  # the plain model on the same question
+            base = {**rec, "response": rec["base_response"],
+                    "trait_score": rec.get("base_trait_score")}
+            answers.append(Answer(run_dir=shown_path(run_dir), line=n, record=base,
+                                  scorer=scorer, method="base", trait=trait, aspect="none"))
     return answers
+
+
+def unique(answers: list[Answer]) -> list[Answer]:
+    """Drop repeats of the same answer of the same condition (base answers that several
+    all-trait runs carry for the same questions)."""
+    seen, out = set(), []
+    for a in answers:
+        k = (a.condition, a.record["question"], a.record["response"])
+        if k not in seen:
+            seen.add(k)
+            out.append(a)
+    return out
 
 
 # ---------------------------------------------------------------- the rubric
@@ -260,7 +284,7 @@ def shown_path(path: str | Path) -> str:
 
 
 def make_packet(run_dirs: list[str | Path], out: str | Path, per_condition: int = 20,
-                seed: int = 0, force: bool = False) -> dict:
+                seed: int = 0, force: bool = False, traits: list[str] | None = None) -> dict:
     """Write packet.jsonl/.csv, rubric.md, key.json, manifest.json, README.md; the manifest."""
     if not run_dirs:
         raise PktError("no run directories given")
@@ -268,7 +292,9 @@ def make_packet(run_dirs: list[str | Path], out: str | Path, per_condition: int 
         raise PktError(f"--per-condition must be at least 1 (got {per_condition})")
     out = Path(out)
     _check_out(out, force)
-    answers = [a for d in run_dirs for a in read_run(Path(d))]
+    answers = unique([a for d in run_dirs for a in read_run(Path(d))])
+    if traits:
+        answers = [a for a in answers if a.trait in set(traits)]
     chosen = select(answers, per_condition, seed)
     if not chosen:
         raise PktError("nothing to annotate: the run directories hold no answers")
