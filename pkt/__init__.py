@@ -21,6 +21,24 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("pkt_root", lambda: str(ROOT_DIR))
     if not OmegaConf.has_resolver("pkt_data"):
         OmegaConf.register_new_resolver("pkt_data", lambda: str(DATA_DIR))
+    if not OmegaConf.has_resolver("pkt_what"):
+        OmegaConf.register_new_resolver("pkt_what", _what)
+
+
+def _what(profile, trait, aspect) -> str:
+    """What a run induces, for its folder name: ``<trait>_<aspect>`` or the profile."""
+    traits = (profile or {}).get("traits") if hasattr(profile, "get") else None
+    if not traits:
+        return f"{trait}_{aspect}"
+    name = profile.get("name")
+    if name:
+        return str(name)
+    try:  # a malformed profile is the validator's to report; the folder is just "profile"
+        parts = [f"{t}-{spec.get('aspect') if hasattr(spec, 'get') else spec}"
+                 for t, spec in traits.items()]
+    except (AttributeError, TypeError):
+        return "profile"
+    return "".join(c if c.isalnum() or c in "+-_." else "-" for c in "+".join(parts))[:80]
 
 
 _register_resolvers()
