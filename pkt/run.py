@@ -376,15 +376,20 @@ def main(cfg: DictConfig):
         raise SystemExit(1) from None
 
 
+def preflight_or_exit(argv: list[str], check=preflight) -> None:
+    """``check(argv)``; a PktError is one line on stderr and exit status 2."""
+    try:
+        check(argv)
+    except PktError as e:
+        print(f"pkt: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cli() -> None:
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        try:
-            preflight(sys.argv[1:])
-        except PktError as e:
-            print(f"pkt: error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+        preflight_or_exit(sys.argv[1:])
         main()
     except KeyboardInterrupt:  # outside a job: composing the config, Hydra's own work
         raise interrupted(NOT_KEPT) from None

@@ -187,11 +187,9 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    try:
-        preflight(sys.argv[1:])
-    except PktError as e:
-        print(f"pkt: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    from pkt.run import preflight_or_exit
+
+    preflight_or_exit(sys.argv[1:], preflight)
     main()
 
 
