@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 from pkt import prompts
@@ -114,7 +115,7 @@ def write_leakage(run_dirs: list[Path], out_dir: Path, tracker=None) -> Path | N
                 m = read_metrics(f)
             except (OSError, ValueError):
                 continue
-            m["_run_dir"] = str(f.parent)
+            m["_run_dir"] = os.path.relpath(f.parent, out_dir)  # no machine paths in the output
             metrics.append(m)
     rows = matrix_rows(metrics)
     if not rows:
