@@ -295,7 +295,9 @@ NODE_CHECKS = {("method", LORA): _check_lora_devices}
 # values a parameter accepts beyond its annotation (the annotation is narrower than what
 # the library behind it takes): Lightning's precision may be 16, 32 or 64
 ALSO = {(LORA, "precision"): [("int", None)]}
-GEN_RULES = {"max_new_tokens": ("int", AT_LEAST_1), "batch_size": ("int", AT_LEAST_1),
+# a budget beyond any model's context would generate for days before failing
+GEN_RULES = {"max_new_tokens": ("int", Rule(lo=1, hi=32768)),
+             "batch_size": ("int", Rule(lo=1, hi=4096)),
              "repetition_penalty": ("number", POSITIVE)}
 
 _WORDS = {"null": "null", "bool": "true or false", "int": "an integer",
