@@ -277,3 +277,29 @@ def test_lora_profile_is_refused_with_one_line(tmp_path):
     lines = stderr_lines(r)
     assert lines[-1].startswith("pkt: error: method=lora does not compose profiles"), lines
     assert "Traceback" not in r.stderr
+
+
+def test_profile_strength_auto_scales_the_union_into_the_bounds(tmp_path):
+    """Each trait's strength=auto choice, then one common factor for the composed edit."""
+    auto = ["method=neuron", "profile=extraverted_calm", "method.strength=auto",
+            "method.strength_grid=[0.5,2.0]", "method.auto_n_mc=4", "eval.capability=false",
+            "score_traits=own"]
+    loose = run_pkt([*TINY, *auto, "method.max_ppl_ratio=1e9", "method.min_mc_ratio=0"],
+                    tmp_path / "loose", tmp_path / "cache")
+    assert loose.returncode == 0, loose.stderr[-2000:]
+    (d,) = run_dirs(tmp_path / "loose")
+    m = json.loads((d / "metrics.json").read_text())
+    pa = m["profile_strength_auto"]
+    assert pa["auto_factor"] == 1.0 and len(pa["auto_trials"]) == 1 and pa["auto_cached"] is False
+    assert m["params"]["strengths"] == {"extraversion": 2.0, "neuroticism": 2.0}
+    # bounds nothing can meet: every factor is tried, the smallest is used
+    tight = run_pkt([*TINY, *auto, "method.max_ppl_ratio=0.5"], tmp_path / "tight",
+                    tmp_path / "cache")
+    assert tight.returncode == 0, tight.stderr[-2000:]
+    (d,) = run_dirs(tmp_path / "tight")
+    m = json.loads((d / "metrics.json").read_text())
+    pa = m["profile_strength_auto"]
+    assert [t["factor"] for t in pa["auto_trials"]] == [1.0, 0.85, 0.7, 0.55, 0.4]
+    assert not any(t["within"] for t in pa["auto_trials"]) and pa["auto_factor"] == 0.4
+    # each trait's own choice was the grid's first (nothing within bounds), times 0.4
+    assert m["params"]["strengths"] == pytest.approx({"extraversion": 0.2, "neuroticism": 0.2})

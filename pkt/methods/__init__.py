@@ -105,6 +105,12 @@ class Method:
         return contextlib.nullcontext()
 
     @classmethod
+    def profile_finish(cls, parts: list[Method], profile) -> dict:
+        """After every part is prepared: adjust the composition (NPTI's strength=auto scales
+        the traits' strengths to keep the union within the capability bounds)."""
+        return {}
+
+    @classmethod
     def profile_info(cls, parts: list[Method], profile) -> dict:
         """Figures about the composition (e.g. NPTI's conflicting neurons) for metrics.json."""
         return {}
@@ -130,6 +136,9 @@ class ProfileMethod(Method):
 
     def prepare(self) -> Prepared:
         done = {m.ctx.bench.trait.lower(): m.prepare() for m in self.parts}
+        finish = self.kind.profile_finish(self.parts, self.profile)
+        if finish:
+            self.prepared.metrics["profile_strength_auto"] = finish
         self.params["strengths"] = {m.ctx.bench.trait.lower(): getattr(m, "strength", None)
                                     for m in self.parts}
         self.prepared.metrics["profile_composition"] = self.kind.profile_info(self.parts, self.profile)

@@ -63,6 +63,7 @@ class NeuronMethod(Method):
         self.store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
         self.sets: dict[str, NeuronSet] = {}
         self.stats_dir: Path | None = None
+        self.auto_chosen: float | None = None  # the single-trait strength=auto choice
 
     # -- step 1 ------------------------------------------------------------------
     def prepare(self) -> Prepared:
@@ -93,6 +94,7 @@ class NeuronMethod(Method):
         export_release(ctx.run_dir / "neurons", ctx.bench.trait, self.sets)
         if self.auto:
             self.strength, trials = self._auto_strength(ctx.aspect)
+            self.auto_chosen = self.strength
             self.prepared.metrics["strength_auto"] = {"chosen": self.strength, "trials": trials,
                                                       **self.bounds, "n_mc": self.auto_n_mc}
             self.params["strength"] = self.strength
@@ -237,6 +239,62 @@ class NeuronMethod(Method):
                          deactivate=first.deactivate, include_prompt=first.include_prompt,
                          seed=first.ctx.seed, scope=scope,
                          parts=[m.edit_part() for m in parts], conflict=profile.conflict).apply()
+
+    PROFILE_SCALES = (1.0, 0.85, 0.7, 0.55, 0.4)
+
+    @classmethod
+    def profile_finish(cls, parts: list[NeuronMethod], profile) -> dict:
+        """strength=auto in a profile: each trait's own choice, then one common factor.
+
+        The traits' single-trait choices each keep capability within the bounds, but their
+        union need not. The composed edit is probed at factors 1.0, 0.85, ... 0.4 of the
+        auto strengths (traits with a strength from the profile keep theirs) and the
+        largest factor within the same bounds is used. Cached like the single choice.
+        """
+        auto = [m for m in parts if m.auto_chosen]
+        if not auto:
+            return {}
+        from pkt.eval import capability
+
+        first = parts[0]
+        ctx = first.ctx
+        key = {"stage": "npti-profile-auto", "model_fingerprint": ctx.lm.fingerprint,
+               "parts": [[m.prepared.artifacts.get("neuron_sets"), m.ctx.aspect, m.strength,
+                          m.auto_chosen] for m in parts],
+               "conflict": profile.conflict, "scales": list(cls.PROFILE_SCALES),
+               **first.bounds, "probe": capability.probe_hash(first.auto_n_mc),
+               "keep_prob": first.keep_prob, "deactivate": first.deactivate, "seed": ctx.seed}
+        base = None
+        chosen0 = {id(m): m.strength for m in parts}
+
+        def probe() -> dict:
+            nonlocal base
+            base = capability.base_figures(ctx.lm, ctx.cache_dir, first.auto_n_mc,
+                                           ctx.gen.batch_size)
+            trials, pick = [], None
+            for f in cls.PROFILE_SCALES:
+                for m in auto:
+                    m.strength = chosen0[id(m)] * f
+                scope = Scope.marked()
+                with cls.profile_intervention(parts, profile, scope):
+                    now = capability.measure(ctx.lm, first.auto_n_mc, ctx.gen.batch_size, scope)
+                ppl_r = now["ppl"] / base["ppl"]
+                mc_r = now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else 1.0
+                ok = ppl_r <= first.bounds["max_ppl_ratio"] and mc_r >= first.bounds["min_mc_ratio"]
+                trials.append({"factor": f, "ppl_ratio": ppl_r, "mc_ratio": mc_r, "within": ok})
+                log.info("profile strength=auto: factor %.2f -> ppl ratio %.3f, MC ratio %.3f",
+                         f, ppl_r, mc_r)
+                if ok:
+                    pick = f
+                    break
+            return {"factor": pick if pick is not None else cls.PROFILE_SCALES[-1],
+                    "trials": trials}
+
+        d, hit = first.store.cached_json("profile_auto_strength", key, probe)
+        for m in auto:
+            m.strength = chosen0[id(m)] * d["factor"]
+            m.params["strength"] = m.strength
+        return {"auto_factor": d["factor"], "auto_trials": d["trials"], "auto_cached": hit}
 
     @classmethod
     def profile_info(cls, parts: list[NeuronMethod], profile) -> dict:
