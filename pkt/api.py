@@ -198,18 +198,13 @@ class Personality:
         self.lm, self.profile, self.method, self.parts, self.info = lm, profile, method, parts, info
 
     def rewrite(self, question: str, i: int = 0) -> str:
-        from pkt.profiles import intensity_word
+        from pkt.profiles import adjective, adjective_phrase
 
         if not self.profile or self.method in ("neuron", "actadd"):
             return prompts.neutral(question)
         if self.method == "prompt":
-            words = []
-            for trait, e in self.parts:
-                how = intensity_word(e.strength)
-                word = trait.adjectives[e.aspect]
-                words.append(f"{how} {word}" if how else word)
-            joined = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-            return prompts.simple(joined, question)
+            words = [adjective(trait.adjectives[e.aspect], e.strength) for trait, e in self.parts]
+            return prompts.simple(adjective_phrase(words), question)
         return prompts.p2(" ".join(persona for persona, _ in self.parts), question)
 
     def apply(self) -> contextlib.AbstractContextManager:

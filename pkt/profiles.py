@@ -222,5 +222,16 @@ def intensity_word(strength: float | None) -> str | None:
     return None  # pragma: no cover
 
 
+def adjective(word: str, strength: float | None) -> str:
+    """A trait adjective with the intensity word of its strength ("very extraverted")."""
+    how = intensity_word(strength)
+    return f"{how} {word}" if how else word
+
+
+def adjective_phrase(words: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``: the adjectives of a prompted profile."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")

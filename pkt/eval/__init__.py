@@ -82,8 +82,6 @@ class Evaluation:
             for i, v in zip(idx, got):
                 scores[i] = v
         if self.trait_scorer == "offline":
-            from pkt.eval.scorer import TraitScorer
-
             extra["trait_scorer"] = TraitScorer.name
         else:
             extra["trait_scorer"] = "judge:" + self.judge.describe().get("model", "?")
@@ -113,7 +111,7 @@ class Evaluation:
         if own is not None:  # a single-trait run: its own trait's questions
             m["trait_score"] = summary([s for r, s in zip(records, scores) if r["trait"] == own])
         self.base_cached = None
-        m["traits"] = self.trait_table(ctx, method, records, scores)
+        m["traits"] = self.trait_table(ctx, method, records)
         if self.base_cached is not None:
             m["base_answers_cached"] = self.base_cached
         m["fluency"] = None
@@ -129,7 +127,7 @@ class Evaluation:
                                                    self.batch_size)
         return m
 
-    def trait_table(self, ctx, method, records: list[dict], scores: list) -> dict:
+    def trait_table(self, ctx, method, records: list[dict]) -> dict:
         """Per scored trait: the induced aspect (None: untouched), the score, and with
         ``base_delta`` the plain model's score on the same questions and the change."""
         traits = list(dict.fromkeys(r["trait"] for r in records))

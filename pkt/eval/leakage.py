@@ -127,7 +127,7 @@ def write_leakage(run_dirs: list[Path], out_dir: Path, tracker=None) -> Path | N
                       "\n\n![leakage](leakage.png)\n")
     if tracker is not None:
         tracker.log_image("leakage/matrix", png)
-        cols = [t for t in TRAIT_NAMES]
         tracker.log_table("leakage", [{"method": r["method"], "induced": r["label"],
-                                       **{c: r["delta"].get(c) for c in cols}} for r in rows])
+                                       **{c: r["delta"].get(c) for c in TRAIT_NAMES}}
+                                      for r in rows])
     return out_dir / "leakage.md"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pkt import PktError, prompts
 from pkt.methods import Method, RunContext
-from pkt.profiles import intensity_word
+from pkt.profiles import adjective, adjective_phrase
 
 VARIANTS = ("simple", "p2")
 
@@ -29,15 +29,11 @@ class PromptMethod(Method):
     # a profile: every trait's adjective (with an intensity word from its strength), or
     # every trait's persona sentence, in one prompt
     def adjective(self) -> str:
-        word = self.ctx.trait.adjectives[self.ctx.aspect]
-        how = intensity_word(self.profile_strength)
-        return f"{how} {word}" if how else word
+        return adjective(self.ctx.trait.adjectives[self.ctx.aspect], self.profile_strength)
 
     @classmethod
     def profile_prompt(cls, parts: list[PromptMethod], question: str, i: int) -> str:
         if parts[0].variant == "simple":
-            words = [m.adjective() for m in parts]
-            joined = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-            return prompts.simple(joined, question)
+            return prompts.simple(adjective_phrase([m.adjective() for m in parts]), question)
         personas = [m.ctx.bench.persona_for(m.ctx.aspect, i, m.ctx.seed + 7919) for m in parts]
         return prompts.p2(" ".join(personas), question)
