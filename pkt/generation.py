@@ -16,10 +16,15 @@ class GenConfig:
     max_new_tokens: int = 96
     batch_size: int = 16
     repetition_penalty: float = 1.15
+    # precision of neuron identification's persona answers (search_gen): auto, model,
+    # float32, bfloat16 or float16 (see :func:`identification_dtype`); evaluation always
+    # generates with the model as loaded
+    dtype: str = "model"
 
     @classmethod
     def from_cfg(cls, cfg, **overrides) -> GenConfig:
-        d = {k: cfg[k] for k in ("max_new_tokens", "batch_size", "repetition_penalty") if k in cfg}
+        d = {k: cfg[k] for k in ("max_new_tokens", "batch_size", "repetition_penalty", "dtype")
+             if k in cfg}
         d.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**d)
 
@@ -27,6 +32,31 @@ class GenConfig:
     def merged(self, overrides: dict | None) -> GenConfig:
         """This config with some fields replaced (e.g. the search_gen block)."""
         return GenConfig(**{**self.__dict__, **dict(overrides or {})})
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AMX or AVX512-BF16)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except Exception:  # older torch, another platform
+        return False
+
+
+def identification_dtype(model, name: str) -> torch.dtype:
+    """The dtype ``GenConfig.dtype`` asks for, for ``model``.
+
+    ``model``: the model's own. ``auto``: bfloat16 for a float32 model on a CPU with native
+    bfloat16 matrix units (on such CPUs decoding is bound by reading the weights, and
+    half-width weights decode about twice as fast), otherwise the model's own.
+    """
+    own = next(model.parameters()).dtype
+    name = (name or "model").strip().lower()
+    if name == "model":
+        return own
+    if name == "auto":
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        return torch.bfloat16 if own == torch.float32 and on_cpu and native_bf16() else own
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 @dataclass
@@ -132,7 +162,75 @@ def _repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
-def _prefill(model, rows: list[list[int]], device, scope: Scope | None):
+class _SlabLayer:
+    """One layer's KV cache written in place into preallocated slabs.
+
+    transformers' ``DynamicLayer`` concatenates the whole cache with the new step's keys
+    and values at every decode step (a copy of the cache per layer per token); here each
+    step writes its slice and the attention reads a view. Rows that leave the batch are
+    dropped with one copy.
+    """
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, keys: torch.Tensor | None, values: torch.Tensor | None, capacity: int):
+        self.capacity = capacity
+        self.length = 0
+        self.is_initialized = False
+        self.keys = self.values = None
+        if keys is not None:
+            self.update(keys, values)
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        b, h, _, d = key_states.shape
+        self.device = key_states.device
+        self.dtype = key_states.dtype
+        self._k = key_states.new_zeros(b, h, self.capacity, d)
+        self._v = value_states.new_zeros(b, h, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, m = self.length, key_states.shape[-2]
+        if n + m > self._k.shape[-2]:  # past the planned capacity: grow (not expected)
+            grow = max(n + m, 2 * self._k.shape[-2]) - self._k.shape[-2]
+            self._k = torch.cat([self._k, self._k.new_zeros(*self._k.shape[:2], grow, self._k.shape[-1])], 2)
+            self._v = torch.cat([self._v, self._v.new_zeros(*self._v.shape[:2], grow, self._v.shape[-1])], 2)
+        self._k[:, :, n : n + m] = key_states
+        self._v[:, :, n : n + m] = value_states
+        self.length = n + m
+        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+        return self.keys, self.values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+
+def _slab_cache(model, kv, capacity: int):
+    """A transformers ``Cache`` of :class:`_SlabLayer` (filled from ``kv`` when given)."""
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    CacheLayerMixin.register(_SlabLayer)  # transformers looks for attention layers by type
+    n = model.config.num_hidden_layers
+    layers = [_SlabLayer(*(kv[i] if kv else (None, None)), capacity) for i in range(n)]
+    return Cache(layers=layers)
+
+
+def _prefill(model, rows: list[list[int]], device, scope: Scope | None, capacity: int = 0):
     """KV cache, attention mask and last position ids of a batch of prompts.
 
     Rows that share a prefix (:func:`prefix_groups`) get its keys and values from one
@@ -176,8 +274,7 @@ def _prefill(model, rows: list[list[int]], device, scope: Scope | None):
         rest_mask[b, smax - len(r):] = 1
     mask = torch.cat([pre_mask, rest_mask], 1).to(device)
     pos = position_ids(mask)[:, pmax:]
-    cache = DynamicCache(ddp_cache_data=[tuple(x) for x in kv], config=cfg) if kv else \
-        DynamicCache(config=cfg)
+    cache = _slab_cache(model, kv, pmax + smax + capacity)
     if scope is not None:  # the last prompt position produces the first generated token
         m = torch.zeros(B, smax, dtype=torch.bool, device=device)
         m[:, -1] = True
@@ -200,7 +297,7 @@ def decode_batch(model, rows: list[list[int]], gen: GenConfig, eos: set[int],
     shared prefix is computed.
     """
     device = next(model.parameters()).device
-    cache, mask, pos, logits = _prefill(model, rows, device, scope)
+    cache, mask, pos, logits = _prefill(model, rows, device, scope, gen.max_new_tokens)
     B = len(rows)
     vocab = logits.shape[-1]
     seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)

@@ -225,9 +225,10 @@ class TinyRandomModel:
     def __init__(self, name: str = "tiny_random", num_layers: int = 2, hidden_size: int = 64,
                  intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2,
                  init_seed: int = 0, dtype: str = "float32", device: str = "cpu",
-                 npti_strength: float | None = None):
+                 npti_strength: float | None = None, search_dtype: str | None = None):
         # npti_strength: this model's default method.strength (read by the neuron config;
-        # a fixed 1.0 keeps the tiny model's runs fast, without the strength=auto probe)
+        # a fixed 1.0 keeps the tiny model's runs fast, without the strength=auto probe);
+        # search_dtype: this model's default search_gen.dtype (read by the top config)
         self.name = name
         self.kw = dict(num_hidden_layers=num_layers, hidden_size=hidden_size,
                        intermediate_size=intermediate_size, num_attention_heads=num_heads,

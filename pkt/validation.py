@@ -298,7 +298,9 @@ ALSO = {(LORA, "precision"): [("int", None)]}
 # a budget beyond any model's context would generate for days before failing
 GEN_RULES = {"max_new_tokens": ("int", Rule(lo=1, hi=32768)),
              "batch_size": ("int", Rule(lo=1, hi=4096)),
-             "repetition_penalty": ("number", POSITIVE)}
+             "repetition_penalty": ("number", POSITIVE),
+             "dtype": ("str", Rule(choices=("auto", "model", "float32", "bfloat16", "float16"),
+                                   fold=True))}
 
 _WORDS = {"null": "null", "bool": "true or false", "int": "an integer",
           "number": "a finite number", "str": "a string", "list": "a list",

@@ -139,3 +139,51 @@ def test_recorded_positions_follow_rows_that_finish_early(spread_tiny):
                         stats=ActivationStats(L, N))
     assert live.tokens == ref.tokens == sum(len(o) for o in outs)
     assert (live.counts != ref.counts).sum() <= 2
+
+
+def test_slab_cache_layer_matches_concatenation():
+    """The engine's in-place KV layer returns what concatenation would, and drops rows."""
+    from pkt.generation import _SlabLayer
+
+    torch.manual_seed(0)
+    steps = [torch.randn(3, 2, n, 4) for n in (5, 1, 1, 1)]
+    layer = _SlabLayer(None, None, capacity=6)  # one step past the capacity: it grows
+    ref = None
+    for i, s in enumerate(steps):
+        s = s if i < 2 else s[:2]
+        k, v = layer.update(s, -s)
+        ref = s if ref is None else torch.cat([ref, s], 2)
+        assert torch.equal(k, ref) and torch.equal(v, -ref)
+        assert layer.get_seq_length() == ref.shape[2]
+        if i == 1:
+            layer.batch_select_indices(torch.tensor([0, 2]))
+            ref = ref[[0, 2]]
+            assert torch.equal(layer.keys, ref)
+
+
+def test_identification_dtype_resolution(tiny):
+    from pkt.generation import identification_dtype, native_bf16
+
+    m = tiny.model
+    assert identification_dtype(m, "model") == torch.float32
+    assert identification_dtype(m, "bfloat16") == torch.bfloat16
+    assert identification_dtype(m, "auto") == (torch.bfloat16 if native_bf16() else torch.float32)
+
+
+def test_identification_in_bfloat16_keeps_the_model(spread_tiny):
+    """search_gen.dtype=bfloat16: statistics from a half-width copy; the model itself is untouched
+    and the cache key says which precision made them."""
+    lm = spread_tiny
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    bench = _bench()
+    gen = GenConfig(10, 2, 1.1, "bfloat16")
+    st = identify.compute_statistics(lm, bench, 0, gen, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in lm.model.state_dict().items())
+    assert next(lm.model.parameters()).dtype == torch.float32
+    ref = identify.compute_statistics(lm, bench, 0, GenConfig(10, 2, 1.1), progress=False)
+    for aspect in identify.ASPECTS:
+        assert st[f"{aspect}.tokens"] > 0
+        # the same process in another precision: the probabilities stay close
+        assert (st[f"{aspect}.prob"] - ref[f"{aspect}.prob"]).abs().mean() < 0.1
+    assert identify.stats_key(lm, bench, 0, gen)["dtype"] == "bfloat16"
+    assert identify.stats_key(lm, bench, 0, GenConfig(10, 2, 1.1))["dtype"] == "float32"

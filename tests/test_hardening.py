@@ -184,7 +184,7 @@ def test_valid_values_of_every_shape_pass(tmp_path):
     (["gen.repetition_penalty=0"], "gen.repetition_penalty must be a finite number > 0, got 0"),
     (["gen.repetition_penalty=nan"], "gen.repetition_penalty must be a finite number > 0, got nan"),
     (["+gen.temperature=0.7"], "unknown key gen.temperature (valid: max_new_tokens, batch_size, "
-                               "repetition_penalty)"),
+                               "repetition_penalty, dtype)"),
     (["data.n_test=0"], "data.n_test must be an integer >= 1 or null, got 0"),
     (["data.n_search=-3"], "data.n_search must be an integer >= 1 or null, got -3"),
     (["data.n_search=1.5"], "data.n_search must be an integer >= 1 or null, got 1.5"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 from pkt import PktError, prompts
 from pkt.artifacts import ArtifactStore, key_hash, write_json_atomic
 from pkt.dataset import Bench
-from pkt.generation import GenConfig, GenStats, chat_prompt, generate
+from pkt.generation import GenConfig, GenStats, chat_prompt, generate, identification_dtype
 from pkt.hooks import Scope
 from pkt.models import LoadedModel
 from pkt.neurons.sites import shape
@@ -44,6 +45,7 @@ def stats_key(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig) -> dict:
         "seed": seed,
         "max_new_tokens": gen.max_new_tokens,
         "repetition_penalty": gen.repetition_penalty,
+        "dtype": str(identification_dtype(lm.model, gen.dtype)).removeprefix("torch."),
         "prompt": prompts.ROLEPLAY,
     }
 
@@ -127,6 +129,10 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
     out: dict = {"responses": []}
     n_layers, width = shape(lm.model)
     device = next(lm.model.parameters()).device
+    model = lm.model
+    dtype = identification_dtype(model, gen.dtype)
+    if dtype != next(model.parameters()).dtype:  # a copy in that precision (search_gen.dtype)
+        model = copy.deepcopy(model).to(dtype)
     for aspect in ASPECTS:
         texts = roleplay_prompts(lm, bench, aspect, seed)
         ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -145,8 +151,8 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
         try:
             for s in range(0, len(todo), chunk):
                 part = todo[s : s + chunk]
-                with recording(lm.model, stats, scope, count_tokens=True):
-                    gens = generate(lm.model, lm.tokenizer, [texts[i] for i in part], gen,
+                with recording(model, stats, scope, count_tokens=True):
+                    gens = generate(model, lm.tokenizer, [texts[i] for i in part], gen,
                                     progress=False, stats=gen_stats, scope=scope)
                 for i, g in zip(part, gens):
                     answers[i] = {"i": i, "text": g.text, "response_ids": g.response_ids}
