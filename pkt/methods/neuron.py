@@ -21,7 +21,7 @@ from pkt.neurons.sites import shape
 
 log = logging.getLogger(__name__)
 OTHER = {"high": "low", "low": "high"}
-AUTO_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+AUTO_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
 
 
 class NeuronMethod(Method):
