@@ -33,6 +33,16 @@ FP32 = [("float32", 16), ("float32", 48), ("float32", 96)]
 BF16 = [("bfloat16", 16), ("bfloat16", 48), ("bfloat16", 96)]
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=96, help="persona answers per setting")
@@ -71,7 +81,7 @@ def main() -> None:
     for r in rows:
         r["ratio_to_float32_batch16"] = round(r["answers_per_s"] / ref, 3)
     out = {"model": "SmolLM2-135M-Instruct", "n_answers": len(texts), "new_tokens": 80,
-           "threads": a.threads, "cpu": platform.processor() or platform.machine(),
+           "threads": a.threads, "cpu": cpu_name(),
            "native_bf16": native_bf16(),
            "auto_dtype": str(identification_dtype(lm.model, "auto")).removeprefix("torch."),
            "settings": rows}
