@@ -284,7 +284,6 @@ RULES = {
     # a day per request at most (a socket timeout must fit in the platform's time_t)
     ("eval.judge", OPENAI, "timeout"): Rule(lo=0, hi=86400, lo_open=True),
     ("eval.judge", OPENAI, "max_retries"): NON_NEGATIVE,
-    ("eval.judge", OPENAI, "backoff"): NON_NEGATIVE,
     ("eval.judge", OPENAI, "concurrency"): AT_LEAST_1,
     ("eval.judge", LOCAL, "path"): Rule(nonempty=True),
     ("eval.judge", LOCAL, "dtype"): Rule(choices="pkt.models:_DTYPES"),

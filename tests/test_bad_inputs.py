@@ -114,7 +114,7 @@ def test_judge_endpoint_down_keeps_generations_and_marks_metrics(tmp_path):
     s.close()  # nothing listens there now: connections are refused
     r = run_pkt(["method=base", *[a for a in TINY if a != "eval=none"], "eval/judge=openai",
                  f"eval.judge.base_url=http://127.0.0.1:{port}/v1", "eval.judge.max_retries=1",
-                 "eval.judge.backoff=0.01", "eval.capability=false",
+                 "eval.capability=false",
                  "eval.judge.preflight=false"], tmp_path)
     # progress bars ran before; the failure itself is one line, the last one
     errors = [x for x in stderr_lines(r) if "error" in x.lower() or "Traceback" in x]

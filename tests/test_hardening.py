@@ -350,7 +350,7 @@ def models_ok():
 
 
 def _judge(url: str, **kw) -> OpenAIJudge:
-    return OpenAIJudge(model="judge", base_url=url, max_retries=1, backoff=0.01, timeout=5.0,
+    return OpenAIJudge(model="judge", base_url=url, max_retries=1, timeout=5.0,
                        api_key_env="PKT_TEST_NO_SUCH_KEY", **kw)
 
 
@@ -459,7 +459,6 @@ def test_cli_release_with_bad_index(tmp_path):
 
 JUDGED = [a for a in TINY if a != "eval=none"] + ["method=base", "eval/judge=openai",
                                                    "eval.judge.max_retries=1",
-                                                   "eval.judge.backoff=0.01",
                                                    "eval.capability=false"]
 
 

@@ -169,7 +169,7 @@ EXPECTED = [4.0, 1.0, 5.0, 2.0, 3.0]
 
 
 def judge(ep: FakeEndpoint, **kw) -> OpenAIJudge:
-    args = dict(model="judge-model", base_url=ep.base_url, max_retries=3, backoff=0.01,
+    args = dict(model="judge-model", base_url=ep.base_url, max_retries=3,
                 timeout=5.0, concurrency=3, api_key_env="PKT_TEST_NO_SUCH_KEY")
     args.update(kw)
     return OpenAIJudge(**args)
@@ -329,7 +329,7 @@ def test_unreachable_endpoint_is_one_clear_error():
     port = s.getsockname()[1]
     s.close()
     j = OpenAIJudge(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=2,
-                    backoff=0.01, concurrency=2)
+                    concurrency=2)
     t0 = time.perf_counter()
     with pytest.raises(PktError) as ei:
         j.rate(ITEMS, "fluency")

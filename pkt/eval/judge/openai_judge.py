@@ -133,8 +133,7 @@ class _Reach:
 class OpenAIJudge:
     """A judge behind an OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint.
 
-    ``timeout`` (seconds) and ``max_retries`` go to the client as they are. ``backoff`` is
-    still accepted so that existing configs keep working, but has no effect: the client
+    ``timeout`` (seconds) and ``max_retries`` go to the client as they are; the client
     waits 0.5 s before the first retry, doubling up to 8 s (jittered), or as long as the
     server's ``Retry-After`` says (up to two minutes).
     """
@@ -145,7 +144,7 @@ class OpenAIJudge:
 
     def __init__(self, model: str, base_url: str, api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 128, timeout: float = 30.0,
-                 max_retries: int = 4, backoff: float = 1.0, concurrency: int = 4,
+                 max_retries: int = 4, concurrency: int = 4,
                  cache_dir: str | None = None, preflight: bool = True):
         if not model or not str(model).strip():
             raise PktError("judge.model must name the judge model")
@@ -160,7 +159,6 @@ class OpenAIJudge:
             raise PktError(f"judge.max_retries must be 0 or more, got {max_retries}")
         if float(timeout) <= 0:
             raise PktError(f"judge.timeout must be positive, got {timeout}")
-        float(backoff)  # no effect (see above), but still a number
         self.model = str(model).strip()
         self.base_url = str(base_url).strip().rstrip("/")
         self.api_key_env = str(api_key_env) if api_key_env else None
