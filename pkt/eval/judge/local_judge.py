@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from pkt import PktError
 from pkt.eval.judge.results import check_items, result
 from pkt.eval.judge.rubric import RATING_MAX, RATING_MIN, build_rubric, check_rubric
+from pkt.hooks import position_ids
 
 
 class LocalJudge:
@@ -111,7 +112,7 @@ class LocalJudge:
                     mask = enc["attention_mask"].to(device)
                     input_ids = enc["input_ids"].to(device)
                     # positions count real tokens only, so a left-padded row scores as alone
-                    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+                    pos = position_ids(mask)
                     kw = {"logits_to_keep": 1} if keep_last else {}
                     out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos,
                                 use_cache=False, **kw)
