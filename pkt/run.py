@@ -68,8 +68,37 @@ def config_groups() -> dict[str, list[str]]:
     return out
 
 
+# Hydra's own command-line flags: those that take a value, and those that take none
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name",
+                     "-cn", "--config-dir", "-cd", "--experimental-rerun", "--shell-completion",
+                     "-sc"}
+HYDRA_OPTIONAL_VALUE_FLAGS = {"--info", "-i"}
+HYDRA_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--resolve", "--run", "-r",
+               "--multirun", "-m"} | HYDRA_VALUE_FLAGS | HYDRA_OPTIONAL_VALUE_FLAGS
+
+
+def check_words(argv: list[str], prog: str, example: str) -> None:
+    """Options Hydra does not know (``--trait openness``) and bare words (``trait openness``):
+    one line that says how overrides are written, instead of Hydra's parser errors."""
+    takes_value = False
+    for arg in argv:
+        if takes_value:
+            takes_value = False
+            if not arg.startswith("-"):
+                continue
+        if arg.startswith("-"):
+            flag = arg.partition("=")[0]
+            if flag not in HYDRA_FLAGS:
+                raise PktError(f"unknown option '{flag}': {prog} takes Hydra overrides written "
+                               f"key=value, e.g. {example} ({prog} --help lists the config)")
+            takes_value = flag in HYDRA_VALUE_FLAGS | HYDRA_OPTIONAL_VALUE_FLAGS and "=" not in arg
+        elif "=" not in arg and not arg.startswith("~"):
+            raise PktError(f"'{arg}' is not an override: write key=value, e.g. {example}")
+
+
 def preflight(argv: list[str]) -> None:
     """Reject unknown config choices (trait=nonsense, ...) with one clear line, before Hydra."""
+    check_words(argv, "python -m pkt.run", "trait=openness")
     groups = config_groups()
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:

@@ -62,3 +62,24 @@ def test_preflight_rejects_unknown_choices(args, msg):
 
 def test_preflight_accepts_valid():
     preflight(["-m", "method=base,prompt", "trait=openness", "aspect=high,low", "gen.batch_size=4"])
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--trait", "openness"], "unknown option '--trait': python -m pkt.run takes Hydra "
+                              "overrides written key=value, e.g. trait=openness"),
+    (["--trait=openness"], "unknown option '--trait'"),
+    (["trait", "openness"], "'trait' is not an override: write key=value, e.g. trait=openness"),
+    (["-m", "trait=openness", "neuron"], "'neuron' is not an override"),
+    (["--cfg", "job", "extra"], "'extra' is not an override"),
+])
+def test_preflight_rejects_words_that_are_not_overrides(args, msg):
+    with pytest.raises(PktError, match=msg):
+        preflight(args)
+
+
+@pytest.mark.parametrize("args", [
+    ["--cfg", "job", "trait=openness"], ["--info"], ["--info", "config"], ["-m", "~logger"],
+    ["--config-name=config", "-m", "method=base"], ["--help"], ["--multirun", "seed=1,2"],
+])
+def test_preflight_lets_hydra_flags_through(args):
+    preflight(args)

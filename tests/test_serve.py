@@ -351,7 +351,9 @@ def test_cli_config_errors():
 
     for argv, msg in [(["model=gpt9"], "unknown model 'gpt9'"),
                       (["serve.bogus=1"], "unknown key serve.bogus"),
-                      (["trait=openness"], "unknown key 'trait'")]:
+                      (["trait=openness"], "unknown key 'trait'"),
+                      (["--port", "8080"], "unknown option '--port': python -m pkt.serve takes "
+                                           "Hydra overrides written key=value, e.g. serve.port")]:
         with pytest.raises(pkt.PktError, match=msg):
             preflight(argv)
     preflight(["model=tiny_random", "serve.port=0", "seed=3"])

@@ -26,8 +26,9 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 def preflight(argv: list[str]) -> None:
     """Unknown keys and unknown model choices, in one line each, before Hydra composes."""
-    from pkt.run import check_writable, config_groups
+    from pkt.run import check_words, check_writable, config_groups
 
+    check_words(argv, "python -m pkt.serve", "serve.port=8080")
     models = config_groups()["model"]
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
