@@ -71,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
                                  description="Blind human or LLM annotation of pkt runs.")
     sub = ap.add_subparsers(dest="command", required=True)
     mk = sub.add_parser("make", help="write a blind packet, rubric and key from run directories")
-    mk.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="python -m pkt.run outputs")
+    mk.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                    help="python -m pkt.run run directories, or sweep folders holding them")
     mk.add_argument("--out", required=True, type=Path, help="packet folder to write")
     mk.add_argument("--per-condition", type=int, default=20, metavar="N",
                     help="answers drawn per (method, trait, aspect) (default 20)")

@@ -136,8 +136,9 @@ def test_rubric_reuses_the_judge_texts(packet):
 
 
 def test_make_errors(tmp_path, runs):
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(PktError, match="no generations.jsonl"):
-        make_packet([tmp_path], tmp_path / "o1")
+        make_packet([tmp_path / "nothing"], tmp_path / "o1")
     bad = runs[0] / "generations.jsonl"
     bad.write_text(bad.read_text().splitlines()[0] + "\n{not json\n")
     with pytest.raises(PktError, match=re.escape(f"{bad}:2")):
@@ -155,6 +156,25 @@ def test_make_errors(tmp_path, runs):
     assert not (tmp_path / "o4" / "annotation.md").exists()  # stale results are dropped
     assert len(key_items(tmp_path / "o4")) == N_ANSWERS
     assert not (tmp_path / "o2").exists()  # nothing written before an error
+    # a folder of other files is never written into, --force or not
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "README.md").write_text("mine")
+    for force in (False, True):
+        with pytest.raises(PktError, match="is a folder that holds other files .README.md.; "
+                                           "a packet needs a new or empty folder"):
+            make_packet(runs, other, force=force)
+    assert [p.name for p in other.iterdir()] == ["README.md"]
+    assert (other / "README.md").read_text() == "mine"
+
+
+def test_make_takes_a_sweep_folder(tmp_path, runs):
+    """A sweep folder (or any folder above run directories) stands for all its runs."""
+    one = make_packet([tmp_path / "runs"], tmp_path / "from_sweep", per_condition=3, seed=7)
+    each = make_packet(runs, tmp_path / "from_runs", per_condition=3, seed=7)
+    assert one["run_dirs"] == each["run_dirs"] and len(one["run_dirs"]) == len(runs)
+    assert read_jsonl(tmp_path / "from_sweep" / "packet.jsonl") == \
+        read_jsonl(tmp_path / "from_runs" / "packet.jsonl")
 
 
 # ---------------------------------------------------------------- statistics

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,10 +268,29 @@ def _packet_csv(rows: list[dict]) -> str:
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise PktError(f"--out {out} exists and is not a directory")
+    if not out.exists():
+        return
+    is_packet = (out / "key.json").exists() or (out / "packet.jsonl").exists()
+    others = sorted(p.name for p in out.iterdir())
+    if not is_packet and others:
+        # never write a packet (and its README.md) among someone else's files, --force or not
+        raise PktError(f"--out {out} is a folder that holds other files ({', '.join(others[:3])}"
+                       f"{', ...' if len(others) > 3 else ''}); a packet needs a new or "
+                       f"empty folder")
     held = [f for f in PACKET_FILES if (out / f).exists()]
     if held and not force:
         raise PktError(f"{out} already holds a packet ({', '.join(held)}); choose another "
                        f"--out or pass --force to replace it")
+
+
+def run_dirs_in(path: Path) -> list[Path]:
+    """``path`` itself when it is a run directory, else the run directories of a sweep
+    (``outputs/multiruns/<date>/<time>``) or any folder above them, in natural order."""
+    if (path / "generations.jsonl").exists() or not path.is_dir():
+        return [path]
+    found = sorted((g.parent for g in path.rglob("generations.jsonl")),
+                   key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
+    return found or [path]  # read_run says what is missing
 
 
 def shown_path(path: str | Path) -> str:
@@ -292,7 +312,8 @@ def make_packet(run_dirs: list[str | Path], out: str | Path, per_condition: int 
         raise PktError(f"--per-condition must be at least 1 (got {per_condition})")
     out = Path(out)
     _check_out(out, force)
-    answers = unique([a for d in run_dirs for a in read_run(Path(d))])
+    dirs = [r for d in run_dirs for r in run_dirs_in(Path(d))]
+    answers = unique([a for d in dirs for a in read_run(d)])
     if traits:
         answers = [a for a in answers if a.trait in set(traits)]
     chosen = select(answers, per_condition, seed)
