@@ -528,7 +528,10 @@ def _start(tmp_path: Path, args: list[str]) -> tuple[subprocess.Popen, list[byte
                PKT_MODEL_CACHE=str(MODEL_CACHE))
     p = subprocess.Popen([sys.executable, "-m", "pkt.run", f"paths.output_dir={tmp_path / 'out'}",
                           *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)
+                         stderr=subprocess.PIPE,
+                         # a user's Ctrl-C reaches pkt even when the tests run as a
+                         # background job, which inherits SIGINT ignored
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     chunks: list[bytes] = []
 
     def read():
