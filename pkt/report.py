@@ -103,7 +103,7 @@ def _parse(m: dict, run_dir: str) -> Run:
     )
 
 
-def _natural(p: Path):
+def natural_key(p: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
 
 
@@ -114,7 +114,7 @@ def _find(path: Path) -> list[Path]:
         if path.name != "metrics.json":
             raise PktError(f"not a run directory or metrics.json: {path}")
         return [path]
-    return sorted(path.rglob("metrics.json"), key=_natural)
+    return sorted(path.rglob("metrics.json"), key=natural_key)
 
 
 def collect(paths: list[Path]) -> list[Run]:

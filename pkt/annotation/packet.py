@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,8 +287,9 @@ def run_dirs_in(path: Path) -> list[Path]:
     (``outputs/multiruns/<date>/<time>``) or any folder above them, in natural order."""
     if (path / "generations.jsonl").exists() or not path.is_dir():
         return [path]
-    found = sorted((g.parent for g in path.rglob("generations.jsonl")),
-                   key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
+    from pkt.report import natural_key
+
+    found = sorted((g.parent for g in path.rglob("generations.jsonl")), key=natural_key)
     return found or [path]  # read_run says what is missing
 
 
