@@ -89,3 +89,42 @@ def test_strength_auto_and_bad_strengths_are_checked(tiny, tmp_path):
     with pytest.raises(PktError, match="strength_grid"):
         NeuronMethod(ctx, strength="auto", strength_grid=[1.0, float("nan")])
     assert NeuronMethod(ctx, strength="AUTO").auto
+
+
+def test_choose_strength_scans_perplexity_then_bisects_mc():
+    from pkt.methods.neuron import choose_strength
+
+    grid = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0]
+    ppl = {0.5: 1.01, 1.0: 1.03, 1.5: 1.05, 2.0: 1.08, 2.5: 1.10, 3.0: 1.13, 4.0: 1.2,
+           5.0: 1.3, 6.0: 1.4}
+    mc = {0.5: 1.0, 1.0: 0.99, 1.5: 0.97, 2.0: 0.96, 2.5: 0.93, 3.0: 0.90}
+    asked = {"ppl": [], "mc": []}
+
+    def p(s):
+        asked["ppl"].append(s)
+        return ppl[s]
+
+    def m(s):
+        asked["mc"].append(s)
+        return mc[s]
+
+    s, trials = choose_strength(grid, p, m, max_ppl_ratio=1.15, min_mc_ratio=0.95)
+    assert s == 2.0
+    # perplexity up to the first miss (4.0); MC only by bisection over 0.5 .. 3.0
+    assert asked["ppl"] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
+    assert asked["mc"] == [1.5, 2.5, 2.0]  # 6 candidates: 1.5 passes, 2.5 fails, 2.0 passes
+    by = {t["strength"]: t for t in trials}
+    assert [t["strength"] for t in trials] == asked["ppl"]
+    assert by[2.0]["within"] and by[2.0]["mc_ratio"] == 0.96
+    assert not by[2.5]["within"] and not by[4.0]["within"] and by[4.0]["mc_ratio"] is None
+    assert by[0.5]["mc_ratio"] is None and by[0.5]["within"]  # not probed: passed perplexity
+    # the same choice as a full scan of both probes, for every MC bound
+    for bound in (0.0, 0.9, 0.92, 0.95, 0.97, 0.99, 1.0, 1.01):
+        full = [g for g in grid if ppl[g] <= 1.15 and mc.get(g, 0) >= bound]
+        want = max(full) if full else 0.5
+        got, _ = choose_strength(grid, ppl.get, mc.get, max_ppl_ratio=1.15, min_mc_ratio=bound)
+        assert got == want, bound
+    # nothing within the perplexity bound: the smallest, marked out of bounds
+    s, trials = choose_strength(grid, lambda s: 2.0, m, max_ppl_ratio=1.15, min_mc_ratio=0.95)
+    assert s == 0.5 and trials == [{"strength": 0.5, "ppl_ratio": 2.0, "mc_ratio": None,
+                                    "within": False}]

@@ -48,8 +48,20 @@ def probe_hash(n_mc: int | None) -> str:
     return h.hexdigest()[:16]
 
 
-def measure(lm, n_mc: int | None = None, batch_size: int = 16, scope: Scope | None = None) -> dict:
-    """MC accuracy and neutral-text perplexity of ``lm.model`` as it is right now."""
+def measure(lm, n_mc: int | None = None, batch_size: int = 16, scope: Scope | None = None,
+            mc: bool = True, ppl: bool = True) -> dict:
+    """MC accuracy and neutral-text perplexity of ``lm.model`` as it is right now
+    (``mc=False`` or ``ppl=False`` leaves that part out: the perplexity alone takes a few
+    seconds, the MC items most of the time)."""
+    out: dict = {}
+    if mc:
+        out.update(_mc(lm, n_mc, batch_size, scope))
+    if ppl:
+        out["ppl"] = _ppl(lm, batch_size, scope)
+    return out
+
+
+def _mc(lm, n_mc: int | None, batch_size: int, scope: Scope | None) -> dict:
     tok = lm.tokenizer
     items = load_mc(n_mc)
     seqs, owner = [], []
@@ -69,13 +81,18 @@ def measure(lm, n_mc: int | None = None, batch_size: int = 16, scope: Scope | No
             k += 1
         best[qi] = (max(scores), scores.index(max(scores)))
     acc = sum(best[qi][1] == int(r["answer"]) for qi, r in enumerate(items)) / len(items)
+    return {"mc_accuracy": acc, "n_mc": len(items)}
+
+
+def _ppl(lm, batch_size: int, scope: Scope | None) -> float:
+    tok = lm.tokenizer
     text_seqs = []
     for p in paragraphs():
         ids = tok(p, add_special_tokens=False)["input_ids"]
         text_seqs.append((ids[:1], ids[1:]))
     tl = continuation_logprobs(lm.model, text_seqs, tok.pad_token_id, batch_size, scope)
     nll = -sum(s for s, _ in tl) / max(sum(n for _, n in tl), 1)
-    return {"mc_accuracy": acc, "ppl": math.exp(nll), "n_mc": len(items)}
+    return math.exp(nll)
 
 
 def base_figures(lm, cache_dir: str | Path | None, n_mc: int | None, batch_size: int = 16) -> dict:

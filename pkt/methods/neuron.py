@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from pkt import PktError, plots
 from pkt.artifacts import ArtifactStore, read_meta
+from pkt.eval.capability import load_mc
 from pkt.hooks import Scope
 from pkt.methods import Method, Prepared, RunContext
 from pkt.neurons import identify
@@ -22,6 +23,49 @@ from pkt.neurons.sites import shape
 log = logging.getLogger(__name__)
 OTHER = {"high": "low", "low": "high"}
 AUTO_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
+SEARCH = "ppl-scan+mc-bisect"  # strength=auto's search (part of its cache key)
+
+
+def choose_strength(grid, ppl_ratio, mc_ratio, max_ppl_ratio: float,
+                    min_mc_ratio: float) -> tuple[float, list[dict]]:
+    """strength=auto's search: the largest strength of ``grid`` within both bounds.
+
+    1. Perplexity (cheap: a few seconds a probe) for each strength from the smallest up;
+       the first one above ``max_ppl_ratio`` ends the scan.
+    2. MC accuracy (most of the probe's time) by bisection over the strengths that passed,
+       so about log2(n) + 1 probes instead of n. Bisection assumes that capability falls
+       as strength rises (as the scan does for perplexity); a bound of 0 skips step 2.
+
+    ``ppl_ratio(s)`` and ``mc_ratio(s)`` return the ratios to the plain model. Returns the
+    choice and one trial per strength probed, in grid order: ``strength``, ``ppl_ratio``,
+    ``mc_ratio`` (None where not probed) and ``within``. If no strength passes, the
+    smallest is returned (its trial says it is out of bounds).
+    """
+    grid = sorted(float(x) for x in grid)
+    trials = {}
+    ok = []  # strengths within the perplexity bound, in order
+    for s in grid:
+        r = float(ppl_ratio(s))
+        trials[s] = {"strength": s, "ppl_ratio": r, "mc_ratio": None, "within": r <= max_ppl_ratio}
+        if r > max_ppl_ratio:
+            break
+        ok.append(s)
+    lo, hi = -1, len(ok)  # ok[lo] passes MC (lo = -1: none known), ok[hi] fails (hi = len: none)
+    if min_mc_ratio <= 0:
+        lo = len(ok) - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        s = ok[mid]
+        r = float(mc_ratio(s))
+        trials[s]["mc_ratio"] = r
+        trials[s]["within"] = r >= min_mc_ratio
+        if r >= min_mc_ratio:
+            lo = mid
+        else:
+            hi = mid
+    # lo = -1 after the bisection: the smallest strength failed one of the probes
+    chosen = ok[lo] if lo >= 0 else grid[0]
+    return chosen, [trials[s] for s in grid if s in trials]
 
 
 class NeuronMethod(Method):
@@ -31,7 +75,7 @@ class NeuronMethod(Method):
                  neurons_from: str | None = None, search_gen: dict | None = None,
                  selection: str = "npti", strength_grid: list | None = None,
                  max_ppl_ratio: float = 1.15, min_mc_ratio: float = 0.95,
-                 auto_n_mc: int | None = 100):
+                 auto_n_mc: int | None = None):
         super().__init__(ctx, name, strength=strength, k_min=k_min, diff_threshold=diff_threshold,
                          keep_prob=keep_prob, deactivate=deactivate,
                          include_prompt=include_prompt, neurons_from=neurons_from,
@@ -96,19 +140,18 @@ class NeuronMethod(Method):
             self.strength, trials = self._auto_strength(ctx.aspect)
             self.auto_chosen = self.strength
             self.prepared.metrics["strength_auto"] = {"chosen": self.strength, "trials": trials,
-                                                      **self.bounds, "n_mc": self.auto_n_mc}
+                                                      **self.bounds,
+                                                      "n_mc": len(load_mc(self.auto_n_mc))}
             self.params["strength"] = self.strength
             self.params["strength_mode"] = "auto"
         return self.prepared
 
     def _auto_strength(self, aspect: str) -> tuple[float, list[dict]]:
-        """The largest strength of the grid whose capability stays within the bounds.
-
-        Strengths are tried from the smallest up, each with the capability probe (MC
-        accuracy and neutral-text perplexity, with the edit active, as ratios to the plain
-        model); the first one out of bounds ends the search. If even the smallest is out of
-        bounds it is used anyway and the trials say so. Cached per neuron sets, aspect,
-        grid, bounds and probe.
+        """The largest strength of the grid whose capability stays within the bounds
+        (:func:`choose_strength`: a perplexity scan, then a bisection on MC accuracy), each
+        probe with the edit active, as ratios to the plain model. If even the smallest
+        strength is out of bounds it is used anyway and the trials say so. Cached per
+        neuron sets, aspect, grid, bounds and probe.
         """
         from pkt.eval import capability
 
@@ -118,29 +161,29 @@ class NeuronMethod(Method):
                "aspect": aspect, "grid": self.grid, **self.bounds,
                "probe": capability.probe_hash(self.auto_n_mc), "keep_prob": self.keep_prob,
                "deactivate": self.deactivate, "include_prompt": self.include_prompt,
-               "seed": ctx.seed}
+               "seed": ctx.seed, "search": SEARCH}
         path = self.store.load("auto_strength", key)
         if path is not None:
             d = json.loads((path / "choice.json").read_text())
             self.prepared.metrics["strength_auto_cached"] = True
             return float(d["chosen"]), d["trials"]
         base = capability.base_figures(ctx.lm, ctx.cache_dir, self.auto_n_mc, ctx.gen.batch_size)
-        chosen, trials = None, []
-        for s in self.grid:
+
+        def probe(s: float, part: str) -> float:
             scope = Scope.marked()
             with self.induction(aspect, scope=scope, strength=s).apply():
-                now = capability.measure(ctx.lm, self.auto_n_mc, ctx.gen.batch_size, scope)
-            ppl_r = now["ppl"] / base["ppl"]
-            mc_r = now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else 1.0
-            ok = ppl_r <= self.bounds["max_ppl_ratio"] and mc_r >= self.bounds["min_mc_ratio"]
-            trials.append({"strength": s, "ppl_ratio": ppl_r, "mc_ratio": mc_r, "within": ok})
-            log.info("strength=auto: %.2f -> ppl ratio %.3f, MC ratio %.3f (%s)", s, ppl_r, mc_r,
-                     "within bounds" if ok else "out of bounds")
-            if not ok:
-                break
-            chosen = s
-        if chosen is None:
-            chosen = self.grid[0]
+                now = capability.measure(ctx.lm, self.auto_n_mc, ctx.gen.batch_size, scope,
+                                         mc=part == "mc", ppl=part == "ppl")
+            if part == "ppl":
+                r = now["ppl"] / base["ppl"]
+            else:
+                r = now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else 1.0
+            log.info("strength=auto: %.2f -> %s ratio %.3f", s, "ppl" if part == "ppl" else "MC", r)
+            return r
+
+        chosen, trials = choose_strength(self.grid, lambda s: probe(s, "ppl"),
+                                         lambda s: probe(s, "mc"), **self.bounds)
+        if not trials[[t["strength"] for t in trials].index(chosen)]["within"]:
             log.warning("strength=auto: even strength %.2f is out of the capability bounds; "
                         "using it", chosen)
         self.store.save("auto_strength", key, lambda tmp: (tmp / "choice.json").write_text(
