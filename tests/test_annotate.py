@@ -177,6 +177,44 @@ def test_make_takes_a_sweep_folder(tmp_path, runs):
         read_jsonl(tmp_path / "from_runs" / "packet.jsonl")
 
 
+def test_runs_of_one_method_with_other_settings_are_other_conditions(tmp_path):
+    """Two neuron budgets on one trait: two conditions, labelled by the setting that differs
+    (a strength chosen by strength=auto is a result, not a setting, and is left out)."""
+    dirs = []
+    for k_min, chosen in ((0.005, {"high": 0.5, "low": 3.0}), (0.013, {"high": 2.0, "low": 1.0})):
+        for aspect in ASPECTS:
+            d = tmp_path / "runs" / f"neuron-{k_min}-{aspect}"
+            d.mkdir(parents=True)
+            recs = [{"id": k + 1, "question": f"Q{k}?", "response": f"{k_min} {aspect} {k}",
+                     "trait": "openness", "aspect": aspect} for k in range(3)]
+            (d / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+            params = {"method": "neuron", "k_min": k_min, "strength": chosen[aspect],
+                      "strength_mode": "auto", "keep_prob": 0.9}
+            (d / "metrics.json").write_text(json.dumps({
+                "method": "neuron", "trait": "openness", "aspect": aspect, "params": params}))
+            dirs.append(d)
+    m = make_packet(dirs, tmp_path / "p", per_condition=3, seed=0)
+    assert m["counts"] == {"neuron (k_min=0.005)/openness/high": 3,
+                           "neuron (k_min=0.005)/openness/low": 3,
+                           "neuron (k_min=0.013)/openness/high": 3,
+                           "neuron (k_min=0.013)/openness/low": 3}
+    for item in key_items(tmp_path / "p").values():
+        assert item["method"].endswith(f"(k_min={Path(item['run_dir']).name.split('-')[1]})")
+    # fixed strengths are settings: a strength sweep is one condition per strength
+    for d, s in zip(dirs, (0.6, 0.6, 1.0, 1.0)):
+        m = json.loads((d / "metrics.json").read_text())
+        m["params"].update(strength=s, strength_mode="fixed", k_min=0.005)
+        (d / "metrics.json").write_text(json.dumps(m))
+    m = make_packet(dirs, tmp_path / "q", per_condition=3, seed=0)
+    assert sorted(m["counts"]) == ["neuron (strength=0.6)/openness/high",
+                                   "neuron (strength=0.6)/openness/low",
+                                   "neuron (strength=1.0)/openness/high",
+                                   "neuron (strength=1.0)/openness/low"]
+    # one setting only (the usual case): the plain method name
+    one = make_packet(dirs[:2], tmp_path / "r", per_condition=3, seed=0)
+    assert sorted(one["counts"]) == ["neuron/openness/high", "neuron/openness/low"]
+
+
 # ---------------------------------------------------------------- statistics
 
 

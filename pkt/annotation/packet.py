@@ -10,6 +10,7 @@ question, response) and ``rubric.md``; which condition an id came from is only i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -47,6 +48,7 @@ class Answer:
     trait: str
     aspect: str
     scorer: str | None = None
+    params: dict | None = None  # the run's method parameters (None: base answers)
 
     @property
     def condition(self) -> tuple[str, str, str]:
@@ -133,14 +135,49 @@ def read_run(run_dir: Path) -> list[Answer]:
             if not isinstance(value, str) or not value:
                 raise PktError(f"{gens}:{n}: no '{field}' in metrics.json or the record")
         scorer = metrics.get("trait_scorer")
+        params = metrics.get("params") if isinstance(metrics.get("params"), dict) else None
         answers.append(Answer(run_dir=shown_path(run_dir), line=n, record=rec, scorer=scorer,
-                              **labels))
+                              params=params, **labels))
         if isinstance(rec.get("base_response"), str):  # the plain model on the same question
             base = {**rec, "response": rec["base_response"],
                     "trait_score": rec.get("base_trait_score")}
             answers.append(Answer(run_dir=shown_path(run_dir), line=n, record=base,
                                   scorer=scorer, method="base", trait=trait, aspect="none"))
     return answers
+
+
+def _setting(params: dict) -> dict:
+    """A run's settings: its parameters, less the method name and, under strength=auto,
+    the chosen strength (a result of the run, which differs between aspects)."""
+    drop = {"method"} | ({"strength"} if params.get("strength_mode") == "auto" else set())
+    return {k: v for k, v in params.items() if k not in drop}
+
+
+def _show(v) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def label_variants(answers: list[Answer]) -> list[Answer]:
+    """Runs of one method on one trait with different settings (two neuron budgets, a
+    strength sweep) are different conditions: their method label gets the settings that
+    differ, e.g. ``neuron (k_min=0.013)``. Runs of a single setting keep the plain name."""
+    groups: dict[tuple, list[dict]] = {}
+    for a in answers:
+        if a.params is not None:
+            st = _setting(a.params)
+            g = groups.setdefault((a.method, a.trait), [])
+            if st not in g:
+                g.append(st)
+    out = []
+    for a in answers:
+        g = groups.get((a.method, a.trait), []) if a.params is not None else []
+        if len(g) > 1:
+            st = _setting(a.params)
+            keys = sorted({k for d in g for k in d if any(d.get(k) != e.get(k) for e in g)})
+            a = dataclasses.replace(a, method=f"{a.method} (" + ", ".join(
+                f"{k}={_show(st.get(k))}" for k in keys) + ")")
+        out.append(a)
+    return out
 
 
 def unique(answers: list[Answer]) -> list[Answer]:
@@ -313,7 +350,7 @@ def make_packet(run_dirs: list[str | Path], out: str | Path, per_condition: int 
     out = Path(out)
     _check_out(out, force)
     dirs = [r for d in run_dirs for r in run_dirs_in(Path(d))]
-    answers = unique([a for d in dirs for a in read_run(d)])
+    answers = unique(label_variants([a for d in dirs for a in read_run(d)]))
     if traits:
         answers = [a for a in answers if a.trait in set(traits)]
     chosen = select(answers, per_condition, seed)
