@@ -183,7 +183,7 @@ class NeuronMethod(Method):
 
         chosen, trials = choose_strength(self.grid, lambda s: probe(s, "ppl"),
                                          lambda s: probe(s, "mc"), **self.bounds)
-        if not trials[[t["strength"] for t in trials].index(chosen)]["within"]:
+        if not next(t["within"] for t in trials if t["strength"] == chosen):
             log.warning("strength=auto: even strength %.2f is out of the capability bounds; "
                         "using it", chosen)
         self.store.save("auto_strength", key, lambda tmp: (tmp / "choice.json").write_text(
