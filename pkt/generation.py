@@ -220,7 +220,7 @@ class _SlabLayer:
             self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
 
 
-def _slab_cache(model, kv, capacity: int):
+def slab_cache(model, kv, capacity: int):
     """A transformers ``Cache`` of :class:`_SlabLayer` (filled from ``kv`` when given)."""
     from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -274,7 +274,7 @@ def _prefill(model, rows: list[list[int]], device, scope: Scope | None, capacity
         rest_mask[b, smax - len(r):] = 1
     mask = torch.cat([pre_mask, rest_mask], 1).to(device)
     pos = position_ids(mask)[:, pmax:]
-    cache = _slab_cache(model, kv, pmax + smax + capacity)
+    cache = slab_cache(model, kv, pmax + smax + capacity)
     if scope is not None:  # the last prompt position produces the first generated token
         m = torch.zeros(B, smax, dtype=torch.bool, device=device)
         m[:, -1] = True

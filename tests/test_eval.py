@@ -9,7 +9,8 @@ from pkt.artifacts import ArtifactStore
 from pkt.dataset import TRAITS
 from pkt.eval import Evaluation, capability, fluency, summary
 from pkt.eval import scorer as scorer_module
-from pkt.eval.likelihood import continuation_logprobs
+from pkt.eval.likelihood import choice_logprobs, continuation_logprobs
+from pkt.hooks import Scope, hooked
 from pkt.eval.scorer import TraitScorer, embed, load_corpus, split_accuracy
 from pkt.methods import Method
 
@@ -30,6 +31,45 @@ def test_continuation_logprobs_match_hand_computation(tiny):
             lp = torch.log_softmax(tiny.model(ids).logits[0].float(), -1)
         ref = sum(float(lp[len(p) - 1 + k, t]) for k, t in enumerate(r))
         assert n == len(r) and abs(s - ref) < 1e-4
+
+
+def test_choice_logprobs_equal_one_pass_per_choice(tiny):
+    """The shared-context route gives the per-pair figures, also under an edit that touches
+    only the marked (scored) positions; a 1-token context and an empty choice included."""
+    items = [([1, 40, 41, 42], [[50, 51, 2], [52], [53, 54]]),
+             ([1, 60, 61, 62, 63, 64, 65, 66], [[70], [71, 72, 73, 74]]),
+             ([7], [[80, 81], [82]]),
+             ([1, 90, 91], [[92, 93], []]),
+             ([1, 95, 96, 97, 98], [[99], [100], [101], [102, 103]])]
+    pairs = [(c, x) for c, ch in items for x in ch]
+
+    def flat(got):
+        return [x for per in got for x in per]
+
+    def sums(lp):
+        return [x for x, _n in lp]
+
+    ref = continuation_logprobs(tiny.model, pairs, 0, batch_size=3)
+    got = flat(choice_logprobs(tiny.model, items, 0, batch_size=2))
+    assert [n for _s, n in got] == [n for _s, n in ref] == [len(x) for _c, x in pairs]
+    assert sums(got) == pytest.approx(sums(ref), abs=1e-4)
+
+    def edited(fn):
+        scope = Scope.marked()
+
+        def hook(mod, inp, out):
+            sel = scope.select(out)
+            if sel is None:
+                return out
+            return out + 3.0 * (sel.unsqueeze(-1).to(out.dtype) if sel is not True else 1.0)
+
+        with hooked(tiny.model, {("mlp.act", 1): hook}):
+            return fn(scope)
+
+    ref_e = edited(lambda sc: continuation_logprobs(tiny.model, pairs, 0, 3, sc))
+    got_e = flat(edited(lambda sc: choice_logprobs(tiny.model, items, 0, 2, sc)))
+    assert sums(got_e) == pytest.approx(sums(ref_e), abs=1e-4)
+    assert max(abs(a[0] - b[0]) for a, b in zip(ref_e, ref)) > 0.01  # the edit did something
 
 
 class _SharpLogits(Method):

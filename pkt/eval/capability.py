@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pkt import PACKAGE_DIR, PktError
 from pkt.artifacts import ArtifactStore
-from pkt.eval.likelihood import continuation_logprobs
+from pkt.eval.likelihood import choice_logprobs, continuation_logprobs
 from pkt.hooks import Scope
 
 DATA = PACKAGE_DIR / "eval" / "data"
@@ -64,24 +64,16 @@ def measure(lm, n_mc: int | None = None, batch_size: int = 16, scope: Scope | No
 def _mc(lm, n_mc: int | None, batch_size: int, scope: Scope | None) -> dict:
     tok = lm.tokenizer
     items = load_mc(n_mc)
-    seqs, owner = [], []
-    for qi, r in enumerate(items):
-        ctx = tok(MC_PROMPT.format(question=r["question"]), add_special_tokens=False)["input_ids"]
-        for c in r["choices"]:
-            seqs.append((ctx, tok(" " + str(c), add_special_tokens=False)["input_ids"]))
-            owner.append(qi)
-    lp = continuation_logprobs(lm.model, seqs, tok.pad_token_id, batch_size, scope)
-    best: dict[int, tuple[float, int]] = {}
-    k = 0
-    for qi, r in enumerate(items):
-        scores = []
-        for _c in r["choices"]:
-            s, n = lp[k]
-            scores.append(s / max(n, 1))
-            k += 1
-        best[qi] = (max(scores), scores.index(max(scores)))
-    acc = sum(best[qi][1] == int(r["answer"]) for qi, r in enumerate(items)) / len(items)
-    return {"mc_accuracy": acc, "n_mc": len(items)}
+    groups = [(tok(MC_PROMPT.format(question=r["question"]), add_special_tokens=False)["input_ids"],
+               [tok(" " + str(c), add_special_tokens=False)["input_ids"] for c in r["choices"]])
+              for r in items]
+    # the question is computed once per item, not once per choice (same figures)
+    lp = choice_logprobs(lm.model, groups, tok.pad_token_id, batch_size, scope)
+    correct = 0
+    for r, scored in zip(items, lp):
+        scores = [s / max(n, 1) for s, n in scored]
+        correct += scores.index(max(scores)) == int(r["answer"])
+    return {"mc_accuracy": correct / len(items), "n_mc": len(items)}
 
 
 def _ppl(lm, batch_size: int, scope: Scope | None) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pkt.hooks import Scope
+from pkt.hooks import Scope, position_ids
 from pkt.neurons.stats import padded_batch
 
 
@@ -47,4 +47,82 @@ def continuation_logprobs(model, seqs: list[tuple[list[int], list[int]]], pad_id
         ns = count.sum(-1).tolist()
         for b, i in enumerate(idx):
             out[i] = (float(sums[b]), int(ns[b]))
+    return out
+
+
+@torch.no_grad()
+def choice_logprobs(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int,
+                    batch_size: int = 16, scope: Scope | None = None) -> list[list[tuple[float, int]]]:
+    """(sum of log p, number of tokens) of every choice of every ``(context, choices)`` item.
+
+    The same figures as :func:`continuation_logprobs` over each (context, choice) pair, with
+    the shared context computed once per item instead of once per choice: a first pass over
+    the contexts without their last token (prompt positions: never marked in ``scope``)
+    fills a KV cache, which is repeated for each choice; a second pass feeds each choice's
+    row (the context's last token, then the choice without its last token), every position
+    of which produces a scored token and is marked. ``batch_size`` counts items.
+    """
+    from transformers import DynamicCache
+
+    from pkt.generation import slab_cache
+
+    device = next(model.parameters()).device
+    out: list[list[tuple[float, int]]] = [[(0.0, 0)] * len(ch) for _c, ch in items]
+    short = [i for i, (c, _ch) in enumerate(items) if len(c) < 2]
+    if short:  # no prefix to share
+        flat = [(items[i][0], x) for i in short for x in items[i][1]]
+        lp = iter(continuation_logprobs(model, flat, pad_id, batch_size, scope))
+        for i in short:
+            out[i] = [next(lp) for _x in items[i][1]]
+    todo = [i for i, (c, ch) in enumerate(items) if len(c) >= 2 and any(ch)]
+    order = sorted(todo, key=lambda i: len(items[i][0]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        pre = [items[i][0][:-1] for i in idx]
+        P = max(len(p) for p in pre)
+        pre_ids = torch.full((len(idx), P), pad_id, dtype=torch.long)
+        pre_mask = torch.zeros((len(idx), P), dtype=torch.long)
+        for b, p in enumerate(pre):
+            pre_ids[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
+            pre_mask[b, P - len(p):] = 1
+        pre_ids, pre_mask = pre_ids.to(device), pre_mask.to(device)
+        if scope is not None:
+            scope.mark(torch.zeros_like(pre_mask, dtype=torch.bool))
+        cache = DynamicCache(config=model.config)
+        try:
+            model(input_ids=pre_ids, attention_mask=pre_mask, position_ids=position_ids(pre_mask),
+                  cache=cache, use_cache=True, logits_to_keep=1)
+        finally:
+            if scope is not None:
+                scope.mark(None)
+        # one row per non-empty choice, on top of its item's cached context
+        rows = [(b, k) for b, i in enumerate(idx) for k, x in enumerate(items[i][1]) if x]
+        owner = torch.tensor([b for b, _k in rows], dtype=torch.long, device=device)
+        kv = [[k.index_select(0, owner), v.index_select(0, owner)] for k, v, *_ in cache]
+        rest = [[items[idx[b]][0][-1], *items[idx[b]][1][k][:-1]] for b, k in rows]
+        R = max(len(r) for r in rest)
+        ids = torch.full((len(rows), R), pad_id, dtype=torch.long)
+        rest_mask = torch.zeros((len(rows), R), dtype=torch.long)
+        targets = torch.zeros((len(rows), R), dtype=torch.long)
+        for j, ((b, k), r) in enumerate(zip(rows, rest)):
+            ids[j, R - len(r):] = torch.tensor(r, dtype=torch.long)
+            rest_mask[j, R - len(r):] = 1
+            targets[j, R - len(r):] = torch.tensor(items[idx[b]][1][k], dtype=torch.long)
+        ids, rest_mask, targets = ids.to(device), rest_mask.to(device), targets.to(device)
+        mask = torch.cat([pre_mask.index_select(0, owner), rest_mask], 1)
+        pos = position_ids(mask)[:, P:]
+        count = rest_mask.bool()
+        if scope is not None:
+            scope.mark(count)
+        try:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                           cache=slab_cache(model, kv, P + R), use_cache=True).logits
+        finally:
+            if scope is not None:
+                scope.mark(None)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        tok = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * count
+        sums, ns = tok.sum(-1).tolist(), count.sum(-1).tolist()
+        for j, (b, k) in enumerate(rows):
+            out[idx[b]][k] = (float(sums[j]), int(ns[j]))
     return out
