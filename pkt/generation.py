@@ -20,10 +20,13 @@ class GenConfig:
     # float32, bfloat16 or float16 (see :func:`identification_dtype`); evaluation always
     # generates with the model as loaded
     dtype: str = "model"
+    # processes that answer identification's two aspects side by side: 1, 2 or auto (2 on a
+    # multi-core CPU); evaluation generates in one process
+    workers: int | str = 1
 
     @classmethod
     def from_cfg(cls, cfg, **overrides) -> GenConfig:
-        d = {k: cfg[k] for k in ("max_new_tokens", "batch_size", "repetition_penalty", "dtype")
+        d = {k: cfg[k] for k in ("max_new_tokens", "batch_size", "repetition_penalty", "dtype", "workers")
              if k in cfg}
         d.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**d)

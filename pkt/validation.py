@@ -537,6 +537,13 @@ def check_gen(where: str, block) -> None:
     for key, (kind, rule) in GEN_RULES.items():
         if key in block:
             check_value(f"{where}.{key}", block[key], [(kind, None)], rule)
+    if "workers" in block:
+        w = block["workers"]
+        if where == "gen":
+            raise PktError("gen.workers: evaluation generates in one process; "
+                           "search_gen.workers sets identification's")
+        if w != "auto" and (isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 2):
+            raise PktError(f"{where}.workers must be 1, 2 or auto, got {_show(w)}")
 
 
 def check_data(node: dict, obj) -> None:

@@ -4,7 +4,7 @@ statistics recorded while generating, and resumable identification."""
 import pytest
 import torch
 
-from pkt import prompts
+from pkt import PktError, prompts
 from pkt.artifacts import ArtifactStore
 from pkt.dataset import Bench
 from pkt.generation import GenConfig, chat_prompt, decode_batch, generate, prefix_groups
@@ -187,3 +187,41 @@ def test_identification_in_bfloat16_keeps_the_model(spread_tiny):
         assert (st[f"{aspect}.prob"] - ref[f"{aspect}.prob"]).abs().mean() < 0.1
     assert identify.stats_key(lm, bench, 0, gen)["dtype"] == "bfloat16"
     assert identify.stats_key(lm, bench, 0, GenConfig(10, 2, 1.1))["dtype"] == "float32"
+
+
+def test_two_worker_identification_equals_one_process(spread_tiny, tmp_path):
+    """search_gen.workers=2 answers the aspects in two forked processes: the same answers
+    and statistics as one process (up to a rare bin-edge crossing), and the gen stats of
+    both workers are counted."""
+    from pkt.generation import GenStats
+
+    lm = spread_tiny
+    bench = _bench(9)
+    one = identify.load_or_compute(ArtifactStore(tmp_path / "a"), lm, bench, 0,
+                                   GenConfig(8, 2, 1.1, workers=1), progress=False)[0]
+    gs = GenStats()
+    two = identify.load_or_compute(ArtifactStore(tmp_path / "b"), lm, bench, 0,
+                                   GenConfig(8, 2, 1.1, workers=2), progress=False,
+                                   gen_stats=gs)[0]
+    assert [r["response"] for r in two["responses"]] == [r["response"] for r in one["responses"]]
+    for aspect in identify.ASPECTS:
+        assert two[f"{aspect}.tokens"] == one[f"{aspect}.tokens"] > 0
+        assert (two[f"{aspect}.counts"] != one[f"{aspect}.counts"]).sum() <= 2
+        assert torch.allclose(two[f"{aspect}.p95"], one[f"{aspect}.p95"], atol=0.011)
+    assert gs.tokens == one["high.tokens"] + one["low.tokens"]
+    assert not list((tmp_path / "b" / "partial").glob("*"))  # the checkpoint is cleared
+    assert identify.resolve_workers("auto", "cuda") == 1 and identify.resolve_workers(5, "cpu") == 2
+
+
+def test_a_failing_worker_is_one_error(spread_tiny, tmp_path, monkeypatch):
+    real = identify.generate
+
+    def broken(model, tok, texts, gen, **k):
+        if any("routine" in t or "suspicious" in t for t in texts):  # the low aspect
+            raise RuntimeError("boom")
+        return real(model, tok, texts, gen, **k)
+
+    monkeypatch.setattr(identify, "generate", broken)
+    with pytest.raises(PktError, match=r"^identification failed \(low\): RuntimeError: boom$"):
+        identify.load_or_compute(ArtifactStore(tmp_path), spread_tiny, _bench(4), 0,
+                                 GenConfig(8, 2, 1.1, workers=2), progress=False)

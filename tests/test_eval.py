@@ -10,8 +10,8 @@ from pkt.dataset import TRAITS
 from pkt.eval import Evaluation, capability, fluency, summary
 from pkt.eval import scorer as scorer_module
 from pkt.eval.likelihood import choice_logprobs, continuation_logprobs
-from pkt.hooks import Scope, hooked
 from pkt.eval.scorer import TraitScorer, embed, load_corpus, split_accuracy
+from pkt.hooks import Scope, hooked
 from pkt.methods import Method
 
 

@@ -111,6 +111,135 @@ def _save_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats,
                                               "tokens": stats.tokens, "done": done})
 
 
+def _answer_aspect(lm: LoadedModel, model, bench: Bench, aspect: str, seed: int,
+                   gen: GenConfig, progress: bool, gen_stats: GenStats | None,
+                   checkpoint: Path | None, key: dict | None, position: int = 0,
+                   quiet: bool = False) -> tuple[ActivationStats, dict[int, dict]]:
+    """One aspect's persona answers, recorded into a fresh histogram (resumed from
+    ``checkpoint`` when it holds part of them); returns the histogram and the answers."""
+    n_layers, width = shape(lm.model)
+    device = next(lm.model.parameters()).device
+    texts = roleplay_prompts(lm, bench, aspect, seed)
+    ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: ids[i])  # the engine's own order
+    stats = ActivationStats(n_layers, width, device=device, moments=True)
+    done = _load_checkpoint(checkpoint, key, aspect, stats, gen.batch_size) if checkpoint else []
+    answers: dict[int, dict] = {d["i"]: d for d in done}
+    if answers and not quiet:
+        log.info("resuming identification (%s): %d of %d persona answers kept", aspect,
+                 len(answers), len(texts))
+    chunk = max(1, CHUNK_BATCHES * gen.batch_size)
+    todo = [i for i in order if i not in answers]
+    bar = tqdm(total=len(texts), initial=len(answers), desc=f"persona answers ({aspect})",
+               disable=not progress or not todo, unit="q", position=position)
+    scope = Scope.marked()
+    try:
+        for s in range(0, len(todo), chunk):
+            part = todo[s : s + chunk]
+            with recording(model, stats, scope, count_tokens=True):
+                gens = generate(model, lm.tokenizer, [texts[i] for i in part], gen,
+                                progress=False, stats=gen_stats, scope=scope)
+            for i, g in zip(part, gens):
+                answers[i] = {"i": i, "text": g.text, "response_ids": g.response_ids}
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, key, aspect, stats,
+                                 [answers[i] for i in order if i in answers], gen.batch_size)
+            bar.update(len(part))
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(
+            f"interrupted: kept {len(answers)} of {len(texts)} persona answers ({aspect}) "
+            + (f"in {checkpoint}; run the same command again to resume" if checkpoint
+               else "(no checkpoint folder: nothing kept)")) from None
+    bar.close()
+    return stats, answers
+
+
+def resolve_workers(workers, device) -> int:
+    """Processes that answer the two aspects side by side: ``auto`` is 2 on a CPU with at
+    least two cores (one core each: at this model size torch's threads barely help, two
+    processes answer about twice as fast), 1 elsewhere (a GPU, one core)."""
+    if workers == "auto":
+        return 2 if torch.device(device).type == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+    return max(1, min(int(workers), len(ASPECTS)))
+
+
+def _aspect_worker(conn, threads: int, *args) -> None:
+    """A forked worker: one aspect's answers into the shared checkpoint folder; it reports
+    through ``conn`` and never prints a traceback (the parent reports)."""
+    torch.set_num_threads(threads)
+    gen_stats = GenStats()
+    try:
+        _answer_aspect(*args[:7], gen_stats, *args[7:])
+        conn.send(("ok", gen_stats.tokens, gen_stats.seconds))
+    except (Interrupted, KeyboardInterrupt):
+        conn.send(("interrupted", gen_stats.tokens, gen_stats.seconds))
+    except BaseException as e:  # noqa: BLE001 - reported by the parent, in one line
+        conn.send(("error", f"{type(e).__name__}: {e}" if not isinstance(e, PktError) else str(e)))
+    finally:
+        conn.close()
+
+
+def _answer_in_workers(lm: LoadedModel, model, bench: Bench, seed: int, gen: GenConfig,
+                       progress: bool, gen_stats: GenStats | None, checkpoint: Path,
+                       key: dict, n: int) -> None:
+    """Both aspects' answers in ``n`` forked processes (one aspect each), written to
+    ``checkpoint`` chunk by chunk as the one-process route does; the caller then reads the
+    finished checkpoint, so both routes give the same statistics from the same answers."""
+    import multiprocessing as mp
+    import signal
+
+    ctx = mp.get_context("fork")
+    threads = max(1, torch.get_num_threads() // n)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warning from tokenizers
+    procs = []
+    for k, aspect in enumerate(ASPECTS):
+        recv, send = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_aspect_worker, daemon=True,
+                        args=(send, threads, lm, model, bench, aspect, seed, gen, progress,
+                              checkpoint, key, k))
+        p.start()
+        send.close()
+        procs.append((aspect, p, recv))
+    results = {}
+    try:
+        for aspect, p, recv in procs:
+            try:
+                results[aspect] = recv.recv()
+            except EOFError:  # died without a word (killed, out of memory)
+                results[aspect] = ("error", f"worker process exited with code {p.exitcode}")
+            p.join()
+    except KeyboardInterrupt:
+        for _a, p, _r in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)  # each keeps its finished chunks
+        for _a, p, _r in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+        results = {a: ("interrupted",) for a in ASPECTS}
+    for _a, _p, recv in procs:
+        recv.close()
+    if gen_stats is not None:
+        for r in results.values():
+            if r[0] in ("ok", "interrupted") and len(r) == 3:
+                gen_stats.tokens += r[1]
+                gen_stats.seconds += r[2]
+    bad = [(a, r) for a, r in results.items() if r[0] == "error"]
+    if bad:
+        raise PktError(f"identification failed ({bad[0][0]}): {bad[0][1][1]}")
+    if any(r[0] == "interrupted" for r in results.values()):
+        kept = []
+        for aspect in ASPECTS:
+            try:
+                n_done = len(json.loads((checkpoint / f"{aspect}.json").read_text())["done"])
+            except (OSError, ValueError, KeyError):
+                n_done = 0
+            kept.append(f"{n_done} of {len(bench.search)} persona answers ({aspect})")
+        raise Interrupted(f"interrupted: kept {' and '.join(kept)} in {checkpoint}; "
+                          f"run the same command again to resume")
+
+
 def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
                        progress: bool = True, gen_stats: GenStats | None = None,
                        checkpoint: Path | None = None, key: dict | None = None) -> dict:
@@ -124,49 +253,23 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
     engine's order; with ``checkpoint`` each finished chunk is saved there (histogram and
     answers), and a later call with the same key resumes after the last saved chunk, with
     the same result as an uninterrupted run (integer counts add up exactly, and the
-    batches are the same).
+    batches are the same). With ``checkpoint`` and ``gen.workers`` > 1 (or ``auto`` on a
+    multi-core CPU) the two aspects are answered in two forked processes side by side.
     """
     out: dict = {"responses": []}
-    n_layers, width = shape(lm.model)
     device = next(lm.model.parameters()).device
     model = lm.model
     dtype = identification_dtype(model, gen.dtype)
     if dtype != next(model.parameters()).dtype:  # a copy in that precision (search_gen.dtype)
         model = copy.deepcopy(model).to(dtype)
+    n_workers = resolve_workers(gen.workers, device)
+    parallel = checkpoint is not None and n_workers > 1
+    if parallel:
+        _answer_in_workers(lm, model, bench, seed, gen, progress, gen_stats, checkpoint, key,
+                           n_workers)
     for aspect in ASPECTS:
-        texts = roleplay_prompts(lm, bench, aspect, seed)
-        ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: ids[i])  # the engine's own order
-        stats = ActivationStats(n_layers, width, device=device, moments=True)
-        done = _load_checkpoint(checkpoint, key, aspect, stats, gen.batch_size) if checkpoint else []
-        answers: dict[int, dict] = {d["i"]: d for d in done}
-        if answers:
-            log.info("resuming identification (%s): %d of %d persona answers kept", aspect,
-                     len(answers), len(texts))
-        chunk = max(1, CHUNK_BATCHES * gen.batch_size)
-        todo = [i for i in order if i not in answers]
-        bar = tqdm(total=len(texts), initial=len(answers), desc=f"persona answers ({aspect})",
-                   disable=not progress, unit="q")
-        scope = Scope.marked()
-        try:
-            for s in range(0, len(todo), chunk):
-                part = todo[s : s + chunk]
-                with recording(model, stats, scope, count_tokens=True):
-                    gens = generate(model, lm.tokenizer, [texts[i] for i in part], gen,
-                                    progress=False, stats=gen_stats, scope=scope)
-                for i, g in zip(part, gens):
-                    answers[i] = {"i": i, "text": g.text, "response_ids": g.response_ids}
-                if checkpoint is not None:
-                    _save_checkpoint(checkpoint, key, aspect, stats,
-                                     [answers[i] for i in order if i in answers], gen.batch_size)
-                bar.update(len(part))
-        except KeyboardInterrupt:
-            bar.close()
-            raise Interrupted(
-                f"interrupted: kept {len(answers)} of {len(texts)} persona answers ({aspect}) "
-                + (f"in {checkpoint}; run the same command again to resume" if checkpoint
-                   else "(no checkpoint folder: nothing kept)")) from None
-        bar.close()
+        stats, answers = _answer_aspect(lm, model, bench, aspect, seed, gen, progress,
+                                        gen_stats, checkpoint, key, quiet=parallel)
         out[f"{aspect}.prob"] = stats.prob().cpu()
         out[f"{aspect}.p95"] = stats.percentile(0.95).cpu()
         out[f"{aspect}.counts"] = stats.counts.cpu()
