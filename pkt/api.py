@@ -113,8 +113,12 @@ def identify(lm, trait: str, n_search: int | None = None, max_new_tokens: int = 
              k_min: float | None = None, diff_threshold: float = 0.1, selection: str = "npti",
              seed: int = 0, batch_size: int = 16, repetition_penalty: float = 1.1,
              data_path: str | Path | None = None, cache: str | Path | None = None,
-             progress: bool = True, compute: bool = True) -> NeuronSets:
+             progress: bool = True, compute: bool = True,
+             workers: int | str = "auto") -> NeuronSets:
     """NPTI step 1 for ``trait``: persona answers, statistics (cached), both aspects' sets.
+
+    ``workers``: processes answering the two aspects side by side (``auto``: two on a
+    multi-core CPU, forked from this one; 1: in this process).
 
     ``k_min`` defaults to the model's own budget (its config's ``npti_k_min``), else 0.013.
     ``compute=False`` uses the cache only and raises
@@ -128,7 +132,7 @@ def identify(lm, trait: str, n_search: int | None = None, max_new_tokens: int = 
     bench = load_bench(str(data_path or DATA_DIR), trait, n_search=n_search, n_test=None,
                        seed=seed)
     store = ArtifactStore(Path(cache or cache_dir()) / "artifacts")
-    gen = GenConfig(max_new_tokens, batch_size, repetition_penalty)
+    gen = GenConfig(max_new_tokens, batch_size, repetition_penalty, workers=workers)
     st, path, hit = ident.load_or_compute(store, lm, bench, seed, gen, progress=progress,
                                           compute=compute)
     if k_min is None:

@@ -530,7 +530,8 @@ def check_gen(where: str, block) -> None:
         return
     if not isinstance(block, dict):
         raise PktError(f"{where} must be a mapping, got {_show(block)}")
-    valid = [f.name for f in dataclasses.fields(GenConfig)]
+    # workers: identification's processes (search_gen); evaluation generates in one
+    valid = [f.name for f in dataclasses.fields(GenConfig) if f.name != "workers" or where != "gen"]
     for key in block:
         if key not in valid:
             raise PktError(f"unknown key {where}.{key} (valid: {', '.join(valid)})")
@@ -539,9 +540,6 @@ def check_gen(where: str, block) -> None:
             check_value(f"{where}.{key}", block[key], [(kind, None)], rule)
     if "workers" in block:
         w = block["workers"]
-        if where == "gen":
-            raise PktError("gen.workers: evaluation generates in one process; "
-                           "search_gen.workers sets identification's")
         if w != "auto" and (isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 2):
             raise PktError(f"{where}.workers must be 1, 2 or auto, got {_show(w)}")
 

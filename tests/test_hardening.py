@@ -149,6 +149,10 @@ def test_valid_values_of_every_shape_pass(tmp_path):
     (["method=lora", "method.devices=[a]"], "method.devices must be auto, a device count in [1, 1024]"),
     (["method=lora", "method.strategy=horovod"], "unknown method.strategy 'horovod' (choose from"),
     (["eval.capability_n_mc=0"], "eval.capability_n_mc must be an integer >= 1 or null, got 0"),
+    (["search_gen.workers=3"], "search_gen.workers must be 1, 2 or auto, got 3"),
+    (["search_gen.workers=many"], "search_gen.workers must be 1, 2 or auto, got 'many'"),
+    (["+gen.workers=2"], "unknown key gen.workers (valid: max_new_tokens, batch_size, "
+                          "repetition_penalty, dtype)"),
     (["eval.capability_n_mc=-5"], "eval.capability_n_mc must be an integer >= 1 or null, got -5"),
     (["eval.trait_scorer=judge"], "eval.trait_scorer=judge needs a judge"),
     (["eval/judge=openai", "eval.judge.timeout=0"],
