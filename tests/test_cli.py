@@ -124,3 +124,26 @@ def test_neuron_changes_most_responses_and_reuses_artifacts(tmp_path):
     assert [g["question"] for g in neuron] == [g["question"] for g in base]
     changed = sum(a["response"] != b["response"] for a, b in zip(neuron, base))
     assert changed >= 3
+
+
+def test_evaluation_takes_the_capability_figures_strength_auto_measured(tmp_path):
+    """strength=auto probed MC and perplexity at the strength it chose (a one-value grid: both
+    parts are probed there, in or out of bounds): the evaluation's
+    capability probe (the same measurement) is not repeated, and says so."""
+    args = ["method=neuron", "method.strength=auto", "method.strength_grid=[1.0]",
+            "method.auto_n_mc=6", "method.max_ppl_ratio=100",
+            "trait=openness", "data.n_test=2", "data.n_search=4", "gen.max_new_tokens=4",
+            "search_gen.max_new_tokens=6", "model=tiny_random", "logger=none"]
+    r = run_pkt([*args, "eval.capability_n_mc=6"], tmp_path / "a")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (d,) = run_dirs(tmp_path / "a")
+    m = json.loads((d / "metrics.json").read_text())
+    cap, auto = m["capability"], m["strength_auto"]
+    assert auto["chosen"] == 1.0 and cap["measured_by"] == "strength_auto" and cap["n_mc"] == 6
+    (t,) = [t for t in auto["trials"] if t["strength"] == 1.0]
+    assert cap["ppl_ratio"] == pytest.approx(t["ppl_ratio"]) and cap["mc_ratio"] == pytest.approx(t["mc_ratio"])
+    # on other items than the probe's, the evaluation measures for itself
+    r = run_pkt([*args, "eval.capability_n_mc=5"], tmp_path / "b")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (d,) = run_dirs(tmp_path / "b")
+    assert json.loads((d / "metrics.json").read_text())["capability"]["measured_by"] == "evaluation"

@@ -108,6 +108,7 @@ class NeuronMethod(Method):
         self.sets: dict[str, NeuronSet] = {}
         self.stats_dir: Path | None = None
         self.auto_chosen: float | None = None  # the single-trait strength=auto choice
+        self._measured: dict[tuple[float, str], dict] = {}  # strength=auto's probes, this run
 
     # -- step 1 ------------------------------------------------------------------
     def prepare(self) -> Prepared:
@@ -174,6 +175,7 @@ class NeuronMethod(Method):
             with self.induction(aspect, scope=scope, strength=s).apply():
                 now = capability.measure(ctx.lm, self.auto_n_mc, ctx.gen.batch_size, scope,
                                          mc=part == "mc", ppl=part == "ppl")
+            self._measured[(s, part)] = now
             if part == "ppl":
                 r = now["ppl"] / base["ppl"]
             else:
@@ -254,6 +256,16 @@ class NeuronMethod(Method):
 
     def intervention(self, scope: Scope | None = None):
         return self.induction(scope=scope).apply()
+
+    def capability_measured(self, n_mc: int | None) -> dict | None:
+        """The capability figures (MC accuracy and perplexity, edit active) that this run's
+        ``strength=auto`` measured at the strength in use, on the same ``n_mc`` items: the
+        evaluation's probe is the same measurement, so it takes these instead of repeating
+        it. None when a part was not probed there (or came from the cache)."""
+        if not self.auto or n_mc != self.auto_n_mc or self.strength != self.auto_chosen:
+            return None
+        mc, ppl = self._measured.get((self.strength, "mc")), self._measured.get((self.strength, "ppl"))
+        return {**mc, **ppl} if mc is not None and ppl is not None else None
 
     def persona_responses(self) -> list[dict]:
         """The persona-conditioned answers of identification (fine-tuning data for LoRA)."""
