@@ -99,19 +99,15 @@ def choice_logprobs(model, items: list[tuple[list[int], list[list[int]]]], pad_i
         rows = [(b, k) for b, i in enumerate(idx) for k, x in enumerate(items[i][1]) if x]
         owner = torch.tensor([b for b, _k in rows], dtype=torch.long, device=device)
         kv = [[k.index_select(0, owner), v.index_select(0, owner)] for k, v, *_ in cache]
-        rest = [[items[idx[b]][0][-1], *items[idx[b]][1][k][:-1]] for b, k in rows]
-        R = max(len(r) for r in rest)
-        ids = torch.full((len(rows), R), pad_id, dtype=torch.long)
-        rest_mask = torch.zeros((len(rows), R), dtype=torch.long)
-        targets = torch.zeros((len(rows), R), dtype=torch.long)
-        for j, ((b, k), r) in enumerate(zip(rows, rest)):
-            ids[j, R - len(r):] = torch.tensor(r, dtype=torch.long)
-            rest_mask[j, R - len(r):] = 1
-            targets[j, R - len(r):] = torch.tensor(items[idx[b]][1][k], dtype=torch.long)
-        ids, rest_mask, targets = ids.to(device), rest_mask.to(device), targets.to(device)
+        # each row: the context's last token, then the choice but its last token (all scored)
+        pairs = [([items[idx[b]][0][-1]], items[idx[b]][1][k]) for b, k in rows]
+        ids, rest_mask, _pos, count = padded_batch(pairs, pad_id, device)
+        R = ids.shape[1]
+        targets = torch.zeros_like(ids)
+        for j, (_c, x) in enumerate(pairs):
+            targets[j, R - len(x):] = torch.tensor(x, dtype=torch.long, device=device)
         mask = torch.cat([pre_mask.index_select(0, owner), rest_mask], 1)
         pos = position_ids(mask)[:, P:]
-        count = rest_mask.bool()
         if scope is not None:
             scope.mark(count)
         try:
