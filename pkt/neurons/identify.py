@@ -182,15 +182,15 @@ def _aspect_worker(conn, threads: int, *args) -> None:
 
 def _answer_in_workers(lm: LoadedModel, model, bench: Bench, seed: int, gen: GenConfig,
                        progress: bool, gen_stats: GenStats | None, checkpoint: Path,
-                       key: dict, n: int) -> None:
-    """Both aspects' answers in ``n`` forked processes (one aspect each), written to
+                       key: dict) -> None:
+    """Both aspects' answers in two forked processes (one aspect each), written to
     ``checkpoint`` chunk by chunk as the one-process route does; the caller then reads the
     finished checkpoint, so both routes give the same statistics from the same answers."""
     import multiprocessing as mp
     import signal
 
     ctx = mp.get_context("fork")
-    threads = max(1, torch.get_num_threads() // n)
+    threads = max(1, torch.get_num_threads() // len(ASPECTS))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warning from tokenizers
     procs = []
     for k, aspect in enumerate(ASPECTS):
@@ -207,6 +207,7 @@ def _answer_in_workers(lm: LoadedModel, model, bench: Bench, seed: int, gen: Gen
             try:
                 results[aspect] = recv.recv()
             except EOFError:  # died without a word (killed, out of memory)
+                p.join()
                 results[aspect] = ("error", f"worker process exited with code {p.exitcode}")
             p.join()
     except KeyboardInterrupt:
@@ -262,11 +263,9 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
     dtype = identification_dtype(model, gen.dtype)
     if dtype != next(model.parameters()).dtype:  # a copy in that precision (search_gen.dtype)
         model = copy.deepcopy(model).to(dtype)
-    n_workers = resolve_workers(gen.workers, device)
-    parallel = checkpoint is not None and n_workers > 1
+    parallel = checkpoint is not None and resolve_workers(gen.workers, device) > 1
     if parallel:
-        _answer_in_workers(lm, model, bench, seed, gen, progress, gen_stats, checkpoint, key,
-                           n_workers)
+        _answer_in_workers(lm, model, bench, seed, gen, progress, gen_stats, checkpoint, key)
     for aspect in ASPECTS:
         stats, answers = _answer_aspect(lm, model, bench, aspect, seed, gen, progress,
                                         gen_stats, checkpoint, key, quiet=parallel)
