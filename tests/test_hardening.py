@@ -524,7 +524,7 @@ def test_cli_judge_failing_on_some_answers_warns_with_counts(tmp_path):
 SLOW_SEARCH = ["model=tiny_random", "method=neuron", "method.strength=1", "trait=openness",
                "logger=none", "eval=none",
                "data.n_search=24", "data.n_test=2", "gen.max_new_tokens=4",
-               "search_gen.max_new_tokens=48", "search_gen.batch_size=4"]
+               "search_gen.max_new_tokens=48", "search_gen.batch_size=4", "search_gen.workers=1"]
 
 
 def _start(tmp_path: Path, args: list[str]) -> tuple[subprocess.Popen, list[bytes]]:
