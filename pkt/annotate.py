@@ -19,9 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pkt import PktError
 from pkt.annotation.packet import load_key, make_packet
 from pkt.annotation.ratings import Ratings, check, read_ratings
+from pkt.errors import PktError
 
 
 def annotator_names(files: list[str], names: list[str] | None) -> list[str]:

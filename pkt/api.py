@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pkt import CONF_DIR, DATA_DIR, ROOT_DIR, PktError, prompts
+from pkt import prompts, resources
 from pkt.artifacts import ArtifactStore, write_json_atomic
+from pkt.errors import PktError
+from pkt.resources import CONF_DIR, DATA_DIR
 
 if TYPE_CHECKING:  # torch is imported only when the API is used, not by `import pkt`
     from pkt.neurons.select import NeuronSet
@@ -31,7 +33,7 @@ RELEASE_META = "pkt_neuron_sets.json"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PKT_CACHE", ROOT_DIR / ".cache"))
+    return resources.cache_dir()
 
 
 def load_model(name: str = "smollm2_135m", **overrides):

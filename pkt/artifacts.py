@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pkt import PktError
+from pkt.errors import PktError
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from pkt import PktError
+from pkt.errors import PktError
 
 SITES = ("mlp.act", "resid.post")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pkt import PktError
+from pkt.errors import PktError
 
 log = logging.getLogger(__name__)
 

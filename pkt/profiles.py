@@ -27,7 +27,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from pkt import PktError
+from pkt.errors import PktError
 
 TRAIT_NAMES = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
 ASPECTS = ("high", "low")

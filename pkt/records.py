@@ -32,8 +32,8 @@ import json
 import statistics
 from pathlib import Path
 
-from pkt import PktError
 from pkt.artifacts import write_json_atomic, write_text_atomic
+from pkt.errors import PktError
 
 GENERATIONS = "generations.jsonl"
 METRICS = "metrics.json"

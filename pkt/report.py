@@ -22,8 +22,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pkt import PktError  # noqa: E402
 from pkt.artifacts import atomic_path, write_text_atomic  # noqa: E402
+from pkt.errors import PktError  # noqa: E402
 from pkt.profiles import TRAIT_NAMES  # noqa: E402
 from pkt.records import read_metrics  # noqa: E402
 

@@ -44,12 +44,17 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pkt import CONF_DIR, PktError, profiles
+from pkt import (
+    hydra_setup,  # noqa: F401 (pkt's config resolvers)
+    profiles,
+)
 from pkt import records as records_io
 from pkt.artifacts import write_json_atomic
+from pkt.errors import PktError
 from pkt.generation import GenConfig
 from pkt.methods import ProfileMethod, RunContext
 from pkt.records import make_record
+from pkt.resources import CONF_DIR, REPO_DIR
 from pkt.traits import Trait
 from pkt.validation import validate
 
@@ -151,7 +156,9 @@ def versions() -> dict:
 
 def git_commit() -> str | None:
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CONF_DIR.parent, capture_output=True,
+        if REPO_DIR is None:  # an installed pkt: its version is in versions()
+            return None
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True,
                            text=True, timeout=5)
         return r.stdout.strip() if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -384,7 +391,7 @@ def interrupted(message: str) -> SystemExit:
     return SystemExit(130)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig):
     try:
         run(cfg)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
-from pkt import CONF_DIR, PktError
+from pkt.errors import PktError
 from pkt.profiles import TRAIT_NAMES, trait_name
+from pkt.resources import CONF_DIR
 
 
 @dataclass(frozen=True)

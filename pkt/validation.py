@@ -44,7 +44,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from pkt import PktError
+from pkt.errors import PktError
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import pkt
+import pkt.hydra_setup  # noqa: F401 (pkt's config resolvers, for compose())
 from pkt.dataset import Bench
 from pkt.generation import GenConfig
 from pkt.methods import RunContext

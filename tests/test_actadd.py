@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pkt import PktError
+from pkt.errors import PktError
 from pkt.generation import GenConfig
 from pkt.hooks import Scope
 from pkt.methods import RunContext

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pkt import PktError
 from pkt.annotate import main, score_packet
 from pkt.annotation import stats
 from pkt.annotation.packet import make_packet
 from pkt.annotation.ratings import check, read_ratings
+from pkt.errors import PktError
 from pkt.eval.judge import build_rubric
 
 ROOT = Path(__file__).resolve().parent.parent

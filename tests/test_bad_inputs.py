@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pkt import PktError
+from pkt.errors import PktError
 from pkt.neurons.sites import neuron_sites
 from tests.conftest import read_jsonl, run_dirs, run_pkt, stderr_lines
 

@@ -4,7 +4,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from pkt import PktError
+from pkt.errors import PktError
 from pkt.run import config_groups, preflight
 from tests.conftest import compose_cfg
 

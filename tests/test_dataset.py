@@ -4,8 +4,9 @@ import shutil
 
 import pytest
 
-from pkt import DATA_DIR, PktError
 from pkt.dataset import PERSONA_KEYS, TRAITS, load_bench, read_jsonl
+from pkt.errors import PktError
+from pkt.resources import DATA_DIR
 
 FACETS = {
     "Openness": ["imagination", "artistic interests", "emotionality", "adventurousness", "intellect", "liberalism"],

@@ -4,9 +4,10 @@ statistics recorded while generating, and resumable identification."""
 import pytest
 import torch
 
-from pkt import PktError, prompts
+from pkt import prompts
 from pkt.artifacts import ArtifactStore
 from pkt.dataset import Bench
+from pkt.errors import PktError
 from pkt.generation import GenConfig, chat_prompt, decode_batch, generate, prefix_groups
 from pkt.hooks import Scope
 from pkt.neurons import identify

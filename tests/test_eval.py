@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from pkt import PktError
 from pkt.artifacts import ArtifactStore
 from pkt.dataset import TRAITS
+from pkt.errors import PktError
 from pkt.eval import Evaluation, capability, fluency, summary
 from pkt.eval import scorer as scorer_module
 from pkt.eval.likelihood import choice_logprobs, continuation_logprobs

@@ -33,7 +33,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pkt import PktError
+from pkt.errors import PktError
 from pkt.generation import GenConfig
 from pkt.models import TinyRandomModel
 from pkt.run import config_groups, user_error

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pkt import PktError, prompts
+from pkt import prompts
 from pkt.dataset import Bench
+from pkt.errors import PktError
 from pkt.generation import GenConfig, chat_prompt, generate, strip_response
 from pkt.methods import RunContext
 from pkt.methods.prompt import PromptMethod

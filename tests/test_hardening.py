@@ -22,8 +22,8 @@ import pytest
 from hydra.utils import instantiate
 
 import pkt.run as runner
-from pkt import PktError
 from pkt.dataset import load_bench
+from pkt.errors import PktError
 from pkt.eval import Evaluation, check_judged
 from pkt.eval.judge import OpenAIJudge
 from pkt.generation import GenConfig

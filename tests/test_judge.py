@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pkt import PktError
+from pkt.errors import PktError
 from pkt.eval.judge import (
     RUBRICS,
     LocalJudge,

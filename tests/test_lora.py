@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pkt import PktError, prompts
+from pkt import prompts
+from pkt.errors import PktError
 from pkt.generation import GenConfig, chat_prompt, generate
 from pkt.methods import RunContext
 from pkt.methods.lora import (

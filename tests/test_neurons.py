@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pkt import PktError
 from pkt.artifacts import ArtifactStore
+from pkt.errors import PktError
 from pkt.hooks import Scope
 from pkt.neurons.induce import Induction, edit_amount
 from pkt.neurons.release import export_release, import_release

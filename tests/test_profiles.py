@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pkt import PktError, prompts
+from pkt import prompts
+from pkt.errors import PktError
 from pkt.methods.actadd import ActAddMethod
 from pkt.methods.prompt import PromptMethod
 from pkt.neurons.induce import Induction, edit_tables

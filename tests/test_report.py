@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pkt import PktError
+from pkt.errors import PktError
 from pkt.report import CSV_COLUMNS, build_report
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pkt import PktError
+from pkt.errors import PktError
 from pkt.generation import GenConfig
 from pkt.methods.neuron import NeuronMethod
 from pkt.neurons.select import effect_size, select_effect_size, select_sets

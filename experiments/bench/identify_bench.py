@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from pkt import PACKAGE_DIR
 from pkt.dataset import load_bench
 from pkt.generation import GenConfig, generate, identification_dtype, native_bf16
 from pkt.hooks import Scope
 from pkt.models import GGUFPackageModel
 from pkt.neurons import identify
 from pkt.neurons.stats import ActivationStats, recording
+from pkt.resources import PACKAGE_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 FP32 = [("float32", 16), ("float32", 48), ("float32", 96)]

@@ -51,6 +51,8 @@ def load(model: str):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    import pkt.hydra_setup  # noqa: F401
+
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"model={model}"])
     return instantiate(cfg.model).load()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pkt import PACKAGE_DIR, prompts
+from pkt import prompts
 from pkt.artifacts import ArtifactStore
 from pkt.dataset import load_bench
 from pkt.eval import capability
@@ -32,6 +32,7 @@ from pkt.models import GGUFPackageModel
 from pkt.neurons import identify
 from pkt.neurons.induce import Induction
 from pkt.neurons.select import select_sets
+from pkt.resources import PACKAGE_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 OTHER = {"high": "low", "low": "high"}

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pkt import CONF_DIR, PktError
 from pkt.artifacts import write_json_atomic, write_text_atomic
+from pkt.errors import PktError
 from pkt.eval.judge import RATING_MAX, RATING_MIN, build_rubric
+from pkt.resources import CONF_DIR
 
 log = logging.getLogger(__name__)
 

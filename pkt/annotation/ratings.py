@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pkt import PktError
 from pkt.annotation.packet import RATING_FIELDS, iter_jsonl, read_text
+from pkt.errors import PktError
 from pkt.eval.judge import RATING_MAX, RATING_MIN
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")

@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pkt import PktError
+from pkt.errors import PktError
 
 TRAITS = ("Openness", "Conscientiousness", "Extraversion", "Agreeableness", "Neuroticism")
 PERSONA_KEYS = tuple(k for t in TRAITS for k in (t, f"{t}_reversed"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from pkt import PktError
+from pkt.errors import PktError
 from pkt.records import summary, trait_table
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,11 @@ import json
 import math
 from pathlib import Path
 
-from pkt import PACKAGE_DIR, PktError
 from pkt.artifacts import ArtifactStore
+from pkt.errors import PktError
 from pkt.eval.likelihood import choice_logprobs, continuation_logprobs
 from pkt.hooks import Scope
+from pkt.resources import PACKAGE_DIR
 
 DATA = PACKAGE_DIR / "eval" / "data"
 MC_FILE = DATA / "capability_mc.jsonl"

@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pkt import PktError
 from pkt import records as rio
+from pkt.errors import PktError
 from pkt.eval.scorer import NAME, TraitScorer
 
 

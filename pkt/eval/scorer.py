@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from pkt import PACKAGE_DIR, PktError
 from pkt.dataset import read_jsonl
+from pkt.errors import PktError
+from pkt.resources import PACKAGE_DIR
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from pkt import PktError, prompts
+from pkt import prompts
 from pkt.artifacts import ArtifactStore
+from pkt.errors import PktError
 from pkt.hooks import Scope, hooked, position_ids
 from pkt.methods import Method, Prepared, RunContext
 from pkt.neurons import identify

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from pkt import PktError, plots
+from pkt import plots
 from pkt.artifacts import ArtifactStore, read_meta
+from pkt.errors import PktError
 from pkt.eval.capability import load_mc
 from pkt.hooks import Scope
 from pkt.methods import Method, Prepared, RunContext

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from pkt import PktError, prompts
+from pkt import prompts
+from pkt.errors import PktError
 from pkt.methods import Method, RunContext
 from pkt.profiles import adjective, adjective_phrase
 

@@ -13,9 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from pkt import PktError, prompts
+from pkt import prompts
 from pkt.artifacts import ArtifactStore, key_hash, write_json_atomic
 from pkt.dataset import Bench
+from pkt.errors import PktError
 from pkt.generation import GenConfig, GenStats, chat_prompt, generate, identification_dtype
 from pkt.hooks import Scope
 from pkt.models import LoadedModel

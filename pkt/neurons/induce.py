@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from pkt import PktError
+from pkt.errors import PktError
 from pkt.hooks import Scope, hooked
 from pkt.neurons.select import NeuronSet
 from pkt.neurons.sites import require_one_device, shape

@@ -11,8 +11,8 @@ import json
 import math
 from pathlib import Path
 
-from pkt import PktError
 from pkt.artifacts import write_json_atomic
+from pkt.errors import PktError
 from pkt.neurons.induce import check_fits
 from pkt.neurons.select import NeuronSet
 

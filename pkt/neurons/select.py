@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pkt import PktError
+from pkt.errors import PktError
 
 
 @dataclass

@@ -16,7 +16,9 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pkt import PktError
+from pkt import hydra_setup  # noqa: F401 (pkt's config resolvers)
+from pkt.errors import PktError
+from pkt.resources import CONF_DIR
 
 SERVE_KEYS = ("host", "port", "identify", "n_search", "search_max_new_tokens", "max_tokens",
               "method", "temperature", "repetition_penalty", "preload", "cache_size",
@@ -168,7 +170,7 @@ def serve(cfg: DictConfig) -> None:
             raise
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="serve")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="serve")
 def main(cfg: DictConfig) -> None:
     from pkt.run import close_progress_bars, user_error
 

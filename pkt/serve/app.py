@@ -29,8 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pkt import PktError
 from pkt.api import PROFILE_METHODS
+from pkt.errors import PktError
 from pkt.serve import page
 from pkt.serve.engine import Completion, Decoder, Sampling
 from pkt.serve.personas import (

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from pkt import ROOT_DIR
+from pkt.resources import work_dir
 
 
 class Launched:
@@ -28,7 +28,7 @@ class Launched:
 
     def __enter__(self) -> str:
         cmd = [sys.executable, "-m", "pkt.serve", "serve.port=0", *self.overrides]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT_DIR, env=self.env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(cmd, cwd=work_dir(), env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
         ready: dict = {}
         got = threading.Event()

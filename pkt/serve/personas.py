@@ -25,8 +25,8 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pkt import PktError
 from pkt.api import PROFILE_METHODS
+from pkt.errors import PktError
 from pkt.profiles import Profile
 
 log = logging.getLogger(__name__)

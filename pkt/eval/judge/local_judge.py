@@ -12,7 +12,7 @@ import json
 
 from tqdm.auto import tqdm
 
-from pkt import PktError
+from pkt.errors import PktError
 from pkt.eval.judge.results import check_items, result
 from pkt.eval.judge.rubric import RATING_MAX, RATING_MIN, build_rubric, check_rubric
 from pkt.hooks import position_ids

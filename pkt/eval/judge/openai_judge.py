@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import openai
 from tqdm.auto import tqdm
 
-from pkt import PktError
+from pkt.errors import PktError
 from pkt.eval.judge.cache import RatingCache
 from pkt.eval.judge.results import NO_RATING, check_items, result
 from pkt.eval.judge.rubric import build_rubric, check_rubric, parse_rating

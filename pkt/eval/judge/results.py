@@ -7,7 +7,7 @@ rating is ``None``, never a number.
 
 from __future__ import annotations
 
-from pkt import PktError
+from pkt.errors import PktError
 
 NO_RATING = "no rating in judge output"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from pkt import PktError
+from pkt.errors import PktError
 
 RUBRICS = ("trait", "fluency")
 # bump when a rubric's wording changes: it is part of every cache key

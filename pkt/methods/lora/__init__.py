@@ -31,8 +31,9 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch.utils.data import DataLoader
 
-from pkt import PktError, prompts
+from pkt import prompts
 from pkt.artifacts import ArtifactStore, key_hash, read_meta
+from pkt.errors import PktError
 from pkt.methods import Method, Prepared, RunContext
 from pkt.methods.lora.adapter import DEFAULT_TARGETS, attach_lora, load_adapter
 from pkt.methods.lora.data import collate, split, training_examples

@@ -7,7 +7,8 @@ import random
 
 import torch
 
-from pkt import PktError, prompts
+from pkt import prompts
+from pkt.errors import PktError
 from pkt.generation import chat_prompt
 
 log = logging.getLogger("pkt.methods.lora")
