@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,7 +48,7 @@ def load_model(name: str = "smollm2_135m", **overrides):
     if cfg_file.is_file():
         from hydra.utils import instantiate
 
-        model_cache = os.environ.get("PKT_MODEL_CACHE", str(cache_dir() / "models"))
+        model_cache = str(resources.model_cache_dir())
         root = OmegaConf.create({"paths": {"model_cache": model_cache,
                                            "cache_dir": str(cache_dir())},
                                  "model": OmegaConf.load(cfg_file)})
@@ -111,14 +110,16 @@ class NeuronSets:
                                      if k not in ("trait", "model_fingerprint")})
 
 
-def identify(lm, trait: str, n_search: int | None = None, max_new_tokens: int = 80,
+def identify(lm, trait: str, n_search: int | None = None, max_new_tokens: int | None = None,
              k_min: float | None = None, diff_threshold: float = 0.1, selection: str = "npti",
-             seed: int = 0, batch_size: int = 16, repetition_penalty: float = 1.1,
-             data_path: str | Path | None = None, cache: str | Path | None = None,
-             progress: bool = True, compute: bool = True,
-             workers: int | str = "auto") -> NeuronSets:
+             seed: int = 0, batch_size: int | None = None,
+             repetition_penalty: float | None = None, data_path: str | Path | None = None,
+             cache: str | Path | None = None, progress: bool = True, compute: bool = True,
+             workers: int | str | None = None, dtype: str | None = None) -> NeuronSets:
     """NPTI step 1 for ``trait``: persona answers, statistics (cached), both aspects' sets.
 
+    Generation settings left at None are the runner's (``pkt.generation.SEARCH_GEN``, the
+    ``search_gen`` block of the config), so the statistics are the same cached artifact.
     ``workers``: processes answering the two aspects side by side (``auto``: two on a
     multi-core CPU, forked from this one; 1: in this process).
 
@@ -134,11 +135,15 @@ def identify(lm, trait: str, n_search: int | None = None, max_new_tokens: int = 
     bench = load_bench(str(data_path or DATA_DIR), trait, n_search=n_search, n_test=None,
                        seed=seed)
     store = ArtifactStore(Path(cache or cache_dir()) / "artifacts")
-    gen = GenConfig(max_new_tokens, batch_size, repetition_penalty, workers=workers)
+    gen = GenConfig.search(lm, {"max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                                "repetition_penalty": repetition_penalty, "workers": workers,
+                                "dtype": dtype})
     st, path, hit = ident.load_or_compute(store, lm, bench, seed, gen, progress=progress,
                                           compute=compute)
     if k_min is None:
-        k_min = getattr(lm, "npti_k_min", None) or 0.013
+        from pkt.methods.neuron import DEFAULT_K_MIN
+
+        k_min = getattr(lm, "npti_k_min", None) or DEFAULT_K_MIN
     sets = select_sets(st, selection, k_min, diff_threshold)
     return NeuronSets(bench.trait, sets, lm.fingerprint,
                       {"statistics": path.name, "selection": selection, "k_min": k_min,
@@ -162,23 +167,14 @@ def induce(lm, sets: NeuronSets, aspect: str = "high", strength: float = 1.0,
     return ind.apply()
 
 
-def steer(lm, trait: str, aspect: str = "high", layers=(15,), coefficient: float = 4.0,
-          n_search: int | None = 48, position: str = "mean", seed: int = 0,
-          data_path: str | Path | None = None,
-          batch_size: int = 16) -> contextlib.AbstractContextManager:
+def steer(lm, trait: str, aspect: str = "high", *, seed: int = 0, n_search: int | None = None,
+          data_path: str | Path | None = None, cache: str | Path | None = None,
+          progress: bool = False, **params) -> contextlib.AbstractContextManager:
     """ActAdd as a context manager: ``coefficient`` × the high − low persona vector (negated
-    for ``aspect='low'``) added to the output of the decoder blocks ``layers``."""
-    from pkt.dataset import load_bench
-    from pkt.methods.actadd import steer as _steer
-    from pkt.methods.actadd import steering_vectors
-
-    if aspect not in ASPECTS:
-        raise PktError(f"unknown aspect '{aspect}' (choose from: high, low)")
-    bench = load_bench(str(data_path or DATA_DIR), trait, n_search=n_search, n_test=None,
-                       seed=seed)
-    vecs = steering_vectors(lm, bench, seed, list(layers), position, batch_size, progress=False)
-    sign = 1.0 if aspect == "high" else -1.0
-    return _steer(lm.model, {i: sign * coefficient * v for i, v in vecs.items()})
+    for ``aspect='low'``) added to the output of the decoder blocks ``layers`` (the method's
+    defaults, as ``python -m pkt.run method=actadd``; the vector is cached on disk)."""
+    return personality(lm, f"{trait}:{aspect}", "actadd", seed=seed, n_search=n_search,
+                       data_path=data_path, cache=cache, progress=progress, **params).apply()
 
 
 def answer(lm, questions: list[str], max_new_tokens: int = 96, repetition_penalty: float = 1.15,
@@ -192,101 +188,90 @@ def answer(lm, questions: list[str], max_new_tokens: int = 96, repetition_penalt
     return [g.text for g in gens]
 
 
-PROFILE_METHODS = ("neuron", "actadd", "prompt", "prompt_p2")
-
-
 class Personality:
-    """A profile made usable on one model by one method (:func:`personality`).
+    """A personality made usable on one model by one method (:func:`personality`): a
+    prepared method object from :mod:`pkt.methods.registry`, the same one the runner and
+    the server build.
 
-    ``rewrite(question)`` is the user turn the method asks (the neutral evaluation prompt,
-    or with prompting the persona prompt); ``apply()`` is a context manager holding the
-    method's hooks (none for prompting). One object can be applied many times.
+    ``rewrite(question, i)`` is the user turn the method asks (the neutral evaluation
+    prompt, or with prompting the persona prompt); ``apply(scope)`` is a context manager
+    holding the method's hooks or adapter (none for prompting); ``answer(questions)``
+    answers with both. One object can be applied many times.
     """
 
-    def __init__(self, lm, profile, method: str, parts: list, info: dict):
-        self.lm, self.profile, self.method, self.parts, self.info = lm, profile, method, parts, info
+    def __init__(self, method, profile, name: str):
+        self.method_obj, self.profile, self.method = method, profile, name
+
+    @property
+    def lm(self):
+        return self.method_obj.ctx.lm
+
+    @property
+    def info(self) -> dict:
+        """The method's settings (every parameter, defaults included), its figures and the
+        artifacts it used."""
+        return {"method": self.method, "settings": self.method_obj.describe(),
+                "figures": self.method_obj.prepared.metrics,
+                "artifacts": self.method_obj.prepared.artifacts}
+
+    def identified(self) -> list[str]:
+        """The traits whose statistics, vectors or adapters this personality computed (not
+        found in the cache)."""
+        return self.method_obj.fresh_traits()
 
     def rewrite(self, question: str, i: int = 0) -> str:
-        from pkt.profiles import adjective, adjective_phrase
+        return self.method_obj.rewrite(question, i)
 
-        if not self.profile or self.method in ("neuron", "actadd"):
-            return prompts.neutral(question)
-        if self.method == "prompt":
-            words = [adjective(trait.adjectives[e.aspect], e.strength) for trait, e in self.parts]
-            return prompts.simple(adjective_phrase(words), question)
-        return prompts.p2(" ".join(persona for persona, _ in self.parts), question)
+    def apply(self, scope=None) -> contextlib.AbstractContextManager:
+        return self.method_obj.intervention(scope)
 
-    def apply(self) -> contextlib.AbstractContextManager:
-        if not self.profile or self.method in ("prompt", "prompt_p2"):
-            return contextlib.nullcontext()
-        if self.method == "neuron":
-            from pkt.neurons.induce import Induction
+    def answer(self, questions: list[str], max_new_tokens: int | None = None,
+               batch_size: int | None = None, repetition_penalty: float | None = None) -> list[str]:
+        """Greedy answers under this personality, with the runner's generation defaults."""
+        from pkt.generation import GenConfig
 
-            return Induction(self.lm.model, None, None, keep_prob=self.info["keep_prob"],
-                             deactivate=True, seed=self.info["seed"], parts=self.parts,
-                             conflict=self.profile.conflict).apply()
-        from pkt.methods.actadd import steer as _steer
-
-        return _steer(self.lm.model, self.parts)
+        gen = self.method_obj.ctx.gen
+        gen = GenConfig(max_new_tokens or gen.max_new_tokens, batch_size or gen.batch_size,
+                        repetition_penalty or gen.repetition_penalty)
+        return [g.text for g in self.method_obj.respond(questions, gen)]
 
 
-def personality(lm, profile, method: str = "neuron", compute: bool = True,
-                n_search: int | None = None, max_new_tokens: int = 80, seed: int = 0,
-                keep_prob: float = 0.9, layers=None, coefficient: float = 4.0,
-                data_path: str | Path | None = None, cache: str | Path | None = None,
-                progress: bool = False) -> Personality:
-    """A profile (``"extraversion:high:1.2+neuroticism:low"``, a dict, or a
-    :class:`pkt.profiles.Profile`) composed for ``method`` with the same rules as
-    ``python -m pkt.run profile=...``. NPTI's strength defaults to 1.0 per trait, ActAdd's
-    multiplier of ``coefficient`` to 1.0; ActAdd's ``layers`` default to the middle
-    decoder block. With ``compute=False`` NPTI uses cached
-    identification only (:class:`pkt.neurons.identify.NotIdentified` otherwise).
+def personality(lm, profile, method: str = "neuron", *, seed: int = 0,
+                n_search: int | None = None, data_path: str | Path | None = None,
+                cache: str | Path | None = None, progress: bool = False,
+                compute: bool = True, gen=None, **params) -> Personality:
+    """A personality: a profile (``"extraversion:high:1.2+neuroticism:low"``, a dict, or a
+    :class:`pkt.profiles.Profile`) under ``method`` (a name in
+    :mod:`pkt.methods.registry`), built and prepared exactly as ``python -m pkt.run``
+    builds it: the same class, the same defaults (NPTI's ``strength`` is the model's own or
+    ``auto``, identification uses the whole search split, ActAdd the middle block), the same
+    artifacts in the same cache. ``params`` are the method's own parameters (e.g.
+    ``strength=1.2``, ``k_min=300``, ``layers=[12]``, ``coefficient=6``,
+    ``search_gen={"max_new_tokens": 48}``). ``n_search`` limits the search questions per
+    aspect (a cheaper identification; the default is all). ``compute=False`` uses cached
+    artifacts only (:class:`pkt.neurons.identify.NotIdentified` otherwise).
     """
+    from pkt.dataset import load_bench
+    from pkt.generation import GenConfig
+    from pkt.methods import registry
     from pkt.profiles import Profile
 
-    if method not in PROFILE_METHODS:
-        raise PktError(f"unknown personality method '{method}' (choose from: "
-                       f"{', '.join(PROFILE_METHODS)})")
     if isinstance(profile, str):
         profile = Profile.parse(profile)
     elif isinstance(profile, dict):
         profile = Profile.from_config(profile)
-    info = {"method": method, "seed": seed, "keep_prob": keep_prob, "identified": {}}
-    parts: list = []
-    if method == "neuron":
-        for e in profile:
-            sets = identify(lm, e.trait, n_search=n_search, max_new_tokens=max_new_tokens,
-                            seed=seed, data_path=data_path, cache=cache, progress=progress,
-                            compute=compute)
-            info["identified"][e.trait] = not sets.info.get("cached", True)
-            parts.append((sets[e.aspect], sets[OTHER[e.aspect]],
-                          1.0 if e.strength is None else e.strength))
-    elif method == "actadd":
-        from pkt.dataset import load_bench
-        from pkt.methods.actadd import steering_vectors
-        from pkt.neurons.sites import decoder_layers
+    elif profile is None:
+        profile = Profile(())
+    benches: dict = {}
 
-        if layers is None:
-            layers = (len(decoder_layers(lm.model)) // 2,)
-        adds: dict = {}
-        for e in profile:
-            bench = load_bench(str(data_path or DATA_DIR), e.trait, n_search=n_search or 48,
-                               n_test=None, seed=seed)
-            vecs = steering_vectors(lm, bench, seed, list(layers), progress=progress)
-            s = (1.0 if e.aspect == "high" else -1.0) * coefficient * (
-                1.0 if e.strength is None else e.strength)
-            for i, v in vecs.items():
-                adds[i] = adds[i] + s * v if i in adds else s * v
-        parts = adds
-    elif method == "prompt":
-        from pkt.traits import Trait
+    def bench_for(trait: str):
+        if trait not in benches:
+            benches[trait] = load_bench(str(data_path or DATA_DIR), trait, n_search=n_search,
+                                        n_test=None, seed=seed)
+        return benches[trait]
 
-        parts = [(Trait.load(e.trait), e) for e in profile]
-    else:
-        from pkt.dataset import load_bench
-
-        for e in profile:
-            bench = load_bench(str(data_path or DATA_DIR), e.trait, n_search=None, n_test=None,
-                               seed=seed)
-            parts.append((bench.persona_for(e.aspect, 0, seed + 7919), e))
-    return Personality(lm, profile, method, parts, info)
+    m = registry.compose(lm, profile, method, bench_for, seed=seed, gen=gen or GenConfig(),
+                         cache_dir=Path(cache or cache_dir()), progress=progress,
+                         compute=compute, params=params)
+    m.prepare()
+    return Personality(m, profile, method if profile.traits else "base")

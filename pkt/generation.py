@@ -32,9 +32,27 @@ class GenConfig:
         return cls(**d)
 
 
+    @classmethod
+    def search(cls, lm=None, overrides: dict | None = None) -> GenConfig:
+        """Persona role-play generation on the search split (identification, LoRA's data):
+        :data:`SEARCH_GEN`, the model's own ``search_dtype``, then ``overrides`` (a null
+        value keeps the default)."""
+        d = dict(SEARCH_GEN)
+        own = getattr(lm, "search_dtype", None)
+        if own:
+            d["dtype"] = own
+        d.update({k: v for k, v in dict(overrides or {}).items() if v is not None})
+        return cls(**d)
+
     def merged(self, overrides: dict | None) -> GenConfig:
         """This config with some fields replaced (e.g. the search_gen block)."""
         return GenConfig(**{**self.__dict__, **dict(overrides or {})})
+
+
+# the defaults of persona role-play generation (the paper: 500 tokens, penalty 1.1; shorter
+# on a CPU); conf/config.yaml's search_gen block says the same (tested)
+SEARCH_GEN = {"max_new_tokens": 80, "batch_size": 48, "repetition_penalty": 1.1,
+              "dtype": "auto", "workers": "auto"}
 
 
 def native_bf16() -> bool:

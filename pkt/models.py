@@ -43,8 +43,16 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     fingerprint: str
-    # this model's default NPTI neuron budget (its config's npti_k_min; None: the generic one)
+    # this model's own defaults for the methods (its config's npti_k_min, npti_strength and
+    # search_dtype; None: the methods' generic ones)
     npti_k_min: float | None = None
+    npti_strength: float | str | None = None
+    search_dtype: str | None = None
+
+    def own_defaults(self, npti_k_min=None, npti_strength=None, search_dtype=None) -> LoadedModel:
+        self.npti_k_min, self.npti_strength = npti_k_min, npti_strength
+        self.search_dtype = search_dtype
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -138,27 +146,31 @@ class HFModel:
     """Any Hugging Face causal LM, by hub id or local path (bf16 on GPU by default)."""
 
     def __init__(self, name: str, path: str, dtype: str = "bfloat16", device: str = "auto",
-                 npti_k_min: float | None = None, device_map: str | None = None):
-        # npti_k_min: this model's default neuron count for method=neuron (read by its config)
+                 npti_k_min: float | None = None, device_map: str | None = None,
+                 npti_strength: float | str | None = None, search_dtype: str | None = None):
+        # npti_k_min, npti_strength, search_dtype: this model's own method defaults
         self.name, self.path = name, str(path)
         self.dtype, self.device = resolve_dtype(dtype), resolve_device(device)
-        self.device_map, self.npti_k_min = device_map, npti_k_min
+        self.device_map = device_map
+        self.own = dict(npti_k_min=npti_k_min, npti_strength=npti_strength,
+                        search_dtype=search_dtype)
 
     def load(self) -> LoadedModel:
         lm = load_pretrained_dir(self.path, self.dtype, self.device, self.name,
                                  device_map=self.device_map)
-        lm.npti_k_min = self.npti_k_min
-        return lm
+        return lm.own_defaults(**self.own)
 
 
 class GGUFPackageModel:
     """A GGUF file shipped inside a Python package, dequantised once and cached."""
 
     def __init__(self, name: str, package: str, gguf_file: str, cache_dir: str,
-                 dtype: str = "float32", device: str = "auto", npti_k_min: float | None = None):
-        # npti_k_min: this model's default neuron count for method=neuron (read by its config)
+                 dtype: str = "float32", device: str = "auto", npti_k_min: float | None = None,
+                 npti_strength: float | str | None = None, search_dtype: str | None = None):
+        # npti_k_min, npti_strength, search_dtype: this model's own method defaults
+        self.own = dict(npti_k_min=npti_k_min, npti_strength=npti_strength,
+                        search_dtype=search_dtype)
         self.name, self.package, self.gguf_file = name, package, gguf_file
-        self.npti_k_min = npti_k_min
         self.cache_dir = Path(cache_dir) / name
         self.dtype, self.device = resolve_dtype(dtype), resolve_device(device)
 
@@ -199,7 +211,7 @@ class GGUFPackageModel:
 
     def load(self) -> LoadedModel:
         lm = load_pretrained_dir(str(self.ensure_cache()), self.dtype, self.device, self.name)
-        lm.npti_k_min = self.npti_k_min
+        lm.own_defaults(**self.own)
         return lm
 
 
@@ -234,10 +246,11 @@ class TinyRandomModel:
                  intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2,
                  init_seed: int = 0, dtype: str = "float32", device: str = "cpu",
                  npti_strength: float | None = None, search_dtype: str | None = None):
-        # npti_strength: this model's default method.strength (read by the neuron config;
-        # a fixed 1.0 keeps the tiny model's runs fast, without the strength=auto probe);
-        # search_dtype: this model's default search_gen.dtype (read by the top config)
+        # npti_strength: this model's default method.strength (a fixed 1.0 keeps the tiny
+        # model's runs fast, without the strength=auto probe); search_dtype: this model's
+        # default search_gen.dtype
         self.name = name
+        self.own = dict(npti_k_min=None, npti_strength=npti_strength, search_dtype=search_dtype)
         self.kw = dict(num_hidden_layers=num_layers, hidden_size=hidden_size,
                        intermediate_size=intermediate_size, num_attention_heads=num_heads,
                        num_key_value_heads=num_kv_heads)
@@ -259,4 +272,4 @@ class TinyRandomModel:
 
     def load(self) -> LoadedModel:
         model, tok = self.build()
-        return _finish(self.name, model, tok, self.device)
+        return _finish(self.name, model, tok, self.device).own_defaults(**self.own)

@@ -52,7 +52,7 @@ from pkt import records as records_io
 from pkt.artifacts import write_json_atomic
 from pkt.errors import PktError
 from pkt.generation import GenConfig
-from pkt.methods import ProfileMethod, RunContext
+from pkt.methods import Outputs, registry
 from pkt.records import make_record
 from pkt.resources import CONF_DIR, REPO_DIR
 from pkt.traits import Trait
@@ -232,39 +232,23 @@ def run(cfg: DictConfig) -> dict:
         with timed(timings, "load_model"):
             lm = instantiate(cfg.model).load()
 
-        def context(trait, aspect, bench, where: Path, stats=None) -> RunContext:
-            c = RunContext(lm=lm, bench=bench, trait=trait, aspect=aspect, seed=int(cfg.seed),
-                           gen=GenConfig.from_cfg(cfg.gen), run_dir=where,
-                           cache_dir=Path(cfg.paths.cache_dir), tracker=tracker)
-            if stats is not None:
-                c.gen_stats = stats
-            return c
-
-        def build(c: RunContext):
-            # built as a partial, then given the context (a plain object, kept out of OmegaConf)
-            return instantiate(cfg.method, _partial_=True, _recursive_=False,
-                               _convert_="all")(ctx=c)
-
+        params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items()
+                  if k != "name" and not str(k).startswith("_")}
+        method = registry.compose(
+            lm, profile, cfg.method.name, lambda t: benches[t],
+            trait_for=lambda t: Trait.from_cfg(cfg.trait) if t == cfg.trait.name and not multi
+            else Trait.load(t),
+            seed=int(cfg.seed), gen=GenConfig.from_cfg(cfg.gen),
+            cache_dir=Path(cfg.paths.cache_dir), progress=True, params=params,
+            as_profile=multi)
+        ctx = method.ctx
         if multi:
-            first = benches[profile.traits[0].trait]
-            ctx = context(None, None, first, run_dir)
-            parts = []
-            for e in profile:
-                where = run_dir / "parts" / e.trait
-                where.mkdir(parents=True, exist_ok=True)
-                part = build(context(Trait.load(e.trait), e.aspect, benches[e.trait], where,
-                                     ctx.gen_stats))
-                part.use_profile_strength(e.strength)
-                parts.append(part)
-            method = ProfileMethod(ctx, parts, profile)
             log.info("method %s, profile %s, model %s", method.label, profile.label, lm.name)
         else:
-            ctx = context(Trait.from_cfg(cfg.trait), cfg.aspect, benches[cfg.trait.name], run_dir)
-            method = build(ctx)
             log.info("method %s, trait %s (%s), model %s", method.label, ctx.bench.trait,
                      cfg.aspect, lm.name)
         with timed(timings, "prepare"):
-            prepared = method.prepare()
+            prepared = method.prepare(Outputs(run_dir, tracker))
         asked = [(t, r) for t in scored for r in benches[t].test]
         questions = [r["question"] for _, r in asked]
         log.info("%d test questions (%s)", len(questions), ", ".join(scored))

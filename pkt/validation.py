@@ -461,6 +461,10 @@ def plain(cfg, key: str):
 
 
 def target_of(group: str, node: dict):
+    if group == "method":  # methods are found by name, in the registry
+        from pkt.methods import registry
+
+        return registry.method_class(node.get("name"))
     target = node.get("_target_")
     if not target:
         raise PktError(f"{group}._target_ is not set")
@@ -536,7 +540,7 @@ def check_gen(where: str, block) -> None:
         if key not in valid:
             raise PktError(f"unknown key {where}.{key} (valid: {', '.join(valid)})")
     for key, (kind, rule) in GEN_RULES.items():
-        if key in block:
+        if key in block and not (key == "dtype" and block[key] is None):  # null: the model's
             check_value(f"{where}.{key}", block[key], [(kind, None)], rule)
     if "workers" in block:
         w = block["workers"]
@@ -616,8 +620,6 @@ def validate(cfg: DictConfig) -> None:
         raise PktError("no method configured (choose one with method=...)")
     label = method.get("name") or "?"
     obj = check_node("method", method, label)
-    if not isinstance(obj, type):
-        raise PktError(f"method._target_ '{method['_target_']}' is not a class")
     if isinstance(method.get("search_gen"), dict):
         check_gen("method.search_gen", method["search_gen"])
     check_profile(cfg, obj)

@@ -15,7 +15,7 @@ import pkt
 import pkt.hydra_setup  # noqa: F401 (pkt's config resolvers, for compose())
 from pkt.dataset import Bench
 from pkt.generation import GenConfig
-from pkt.methods import RunContext
+from pkt.methods import Outputs, Setting
 from pkt.models import TinyRandomModel
 
 ROOT = Path(pkt.__file__).resolve().parent.parent
@@ -56,17 +56,20 @@ def spread_tiny():
 
 
 def openness_context(lm, questions: list[str], personas: dict, run_dir: Path, gen: GenConfig,
-                     aspect: str = "high", cache_dir: Path | None = None,
-                     tracker=None) -> RunContext:
-    """A method's RunContext over a hand-written Openness bench (search split only)."""
+                     aspect: str = "high", cache_dir: Path | None = None) -> Setting:
+    """A method's Setting over a hand-written Openness bench (search split only)."""
     bench = Bench(trait="Openness",
                   search=[{"question": q, "_line": i + 1} for i, q in enumerate(questions)],
                   test=[], personas=personas, data_hash="x")
     trait = OmegaConf.create({"name": "openness", "adjectives": {"high": "open", "low": "closed"}})
     run_dir.mkdir(parents=True, exist_ok=True)
-    return RunContext(lm=lm, bench=bench, trait=trait, aspect=aspect, seed=0, gen=gen,
-                      run_dir=run_dir, cache_dir=cache_dir or run_dir / "cache",
-                      tracker=tracker, progress=False)
+    return Setting(lm=lm, bench=bench, trait=trait, aspect=aspect, seed=0, gen=gen,
+                   cache_dir=cache_dir or run_dir / "cache", progress=False)
+
+
+def outputs(run_dir: Path, tracker=None) -> Outputs:
+    """Where a run wants a method's plots and logs (``method.prepare(outputs(...))``)."""
+    return Outputs(run_dir, tracker)
 
 
 def run_pkt(args: list[str], tmp_path: Path, cache: Path | None = None, timeout: int = 900,

@@ -9,7 +9,7 @@ import torch
 from pkt.errors import PktError
 from pkt.generation import GenConfig
 from pkt.hooks import Scope
-from pkt.methods import RunContext
+from pkt.methods import Setting
 from pkt.methods.actadd import ActAddMethod
 from pkt.models import TinyRandomModel
 from pkt.neurons import identify
@@ -29,7 +29,7 @@ PERSONAS = {"high": ["You are curious and imaginative.",
             "low": ["You like routine.", "You avoid anything unfamiliar or abstract."]}
 
 
-def _ctx(lm, root: Path, aspect: str = "high") -> RunContext:
+def _ctx(lm, root: Path, aspect: str = "high") -> Setting:
     return openness_context(lm, QUESTIONS, PERSONAS, root, GenConfig(max_new_tokens=6, batch_size=3),
                             aspect=aspect)
 
@@ -140,7 +140,8 @@ def test_hooks_removed_after_the_block_and_after_an_error(prepared):
 def test_bad_settings_are_clear_errors(prepared):
     lm, root, _ = prepared
     with pytest.raises(PktError, match="method.layers: 15 is out of range for a model with 2"):
-        ActAddMethod(_ctx(lm, root))  # the default [15] is meant for SmolLM2's 30 layers
+        ActAddMethod(_ctx(lm, root), layers=[15])
+    assert ActAddMethod(_ctx(lm, root)).layers == [1]  # the default: the middle block
     with pytest.raises(PktError, match="unknown method.position 'middle'"):
         ActAddMethod(_ctx(lm, root), layers=[1], position="middle")
     with pytest.raises(PktError, match="call prepare"):

@@ -67,8 +67,8 @@ def test_multirun_gives_separate_dirs_and_wandb_runs(tmp_path):
     (["trait=nonsense"], "pkt: error: unknown trait 'nonsense' (choose from: agreeableness, conscientiousness, extraversion, neuroticism, openness)"),
     (["data.path=/nonexistent"], "pkt: error: data folder not found: /nonexistent"),
     (["model=gpt9"], "pkt: error: unknown model 'gpt9'"),
-    (["method=neuron", "method.strength=-1"], "pkt: error: method.strength must be a finite number >= 0, got -1"),
-    (["method=neuron", "method.strength=nan"], "pkt: error: method.strength must be a finite number >= 0, got nan"),
+    (["method=neuron", "method.strength=-1"], "pkt: error: method.strength must be a finite number >= 0 or null, got -1"),
+    (["method=neuron", "method.strength=nan"], "pkt: error: method.strength must be a finite number >= 0 or null, got nan"),
     (["data.n_test=100000"], "pkt: error: data.n_test=100000 is larger than the"),
     (["method=prompt", "method.variant=fancy"], "pkt: error: unknown prompt variant 'fancy'"),
 ])

@@ -5,6 +5,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from pkt.errors import PktError
+from pkt.methods import registry
 from pkt.run import config_groups, preflight
 from tests.conftest import compose_cfg
 
@@ -30,7 +31,8 @@ def test_compose_every_combination(method, trait, aspect):
     assert cfg.trait.name == trait and cfg.aspect == aspect
     assert len(cfg.trait.facets) == 6 and set(cfg.trait.adjectives) == {"high", "low"}
     resolved = OmegaConf.to_container(cfg.method, resolve=True)
-    assert resolved["_target_"].startswith("pkt.methods.")
+    assert "_target_" not in resolved  # methods are found by name, in the registry
+    assert registry.method_class(resolved["name"]).__module__.startswith("pkt.methods.")
     assert c["model"]["name"] == "tiny_random"
 
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from pkt.eval.judge import LocalJudge, OpenAIJudge
 from pkt.generation import GenConfig
+from pkt.methods import registry
 from pkt.run import config_groups
 from tests.conftest import CONF, compose_cfg, openness_context
 
@@ -29,17 +30,17 @@ def test_every_method_config_instantiates_with_its_values(method, tiny, tmp_path
     node = OmegaConf.to_container(cfg.method, resolve=True)
     ctx = openness_context(tiny, ["Q?"], {"high": ["h"], "low": ["l"]}, tmp_path / "run",
                            GenConfig.from_cfg(cfg.gen))
-    m = instantiate(cfg.method, _partial_=True, _recursive_=False, _convert_="all")(ctx=ctx)
-    assert type(m) is get_object(node["_target_"])
+    cls = registry.method_class(node["name"])
+    m = cls(ctx, **{k: v for k, v in node.items() if k != "name"})
     assert m.name == node["name"] and m.ctx is ctx
     d = m.describe()
     assert d["method"] == node["name"]
     # what the run writes beside every generation is what the config said
-    reported = {k: v for k, v in d.items() if k in node}
+    reported = {k: v for k, v in d.items() if k in node and node[k] is not None}
     assert reported == {k: node[k] for k in reported}
     if method != "base":  # every other method has parameters, and reports them
         assert reported, d
-    prompt = m.user_prompt("What do you do on a rainy Sunday?", 0)
+    prompt = m.rewrite("What do you do on a rainy Sunday?", 0)
     assert isinstance(prompt, str) and "rainy Sunday" in prompt
 
 

@@ -7,7 +7,7 @@ from pkt import prompts
 from pkt.dataset import Bench
 from pkt.errors import PktError
 from pkt.generation import GenConfig, chat_prompt, generate, strip_response
-from pkt.methods import RunContext
+from pkt.methods import Setting
 from pkt.methods.prompt import PromptMethod
 
 QS = ["Hi there, how are you today?", "A much longer question about a neighbour who plays loud music "
@@ -34,14 +34,14 @@ def _ctx(tiny, aspect):
                   personas={"high": ["You are lively A.", "You are lively B."],
                             "low": ["You are quiet A.", "You are quiet B."]}, data_hash="x")
     trait = OmegaConf.create({"name": "extraversion", "adjectives": {"high": "extraverted", "low": "introverted"}})
-    return RunContext(lm=tiny, bench=bench, trait=trait, aspect=aspect, seed=0, gen=GenConfig(),
-                      run_dir=Path("."), cache_dir=Path("."))
+    return Setting(lm=tiny, bench=bench, trait=trait, aspect=aspect, seed=0, gen=GenConfig(),
+                   cache_dir=Path("."))
 
 
 @pytest.mark.parametrize("aspect,adj,article", [("high", "extraverted", "an"), ("low", "introverted", "an")])
 def test_simple_prompt(tiny, aspect, adj, article):
     m = PromptMethod(_ctx(tiny, aspect), variant="simple")
-    p = m.user_prompt("What now?", 0)
+    p = m.rewrite("What now?", 0)
     assert p.startswith(f"Imagine you are {article} {adj} person rather than a language model.")
     assert p.endswith("Question: What now?") and m.label == "prompt_simple"
 
@@ -54,9 +54,9 @@ def test_article_choice():
 @pytest.mark.parametrize("aspect,word", [("high", "lively"), ("low", "quiet")])
 def test_p2_prompt_uses_persona_of_aspect(tiny, aspect, word):
     m = PromptMethod(_ctx(tiny, aspect), variant="p2")
-    ps = [m.user_prompt("What now?", i) for i in range(6)]
+    ps = [m.rewrite("What now?", i) for i in range(6)]
     assert all(p.startswith(f"You are {word}") for p in ps)
-    assert ps == [m.user_prompt("What now?", i) for i in range(6)]  # seeded
+    assert ps == [m.rewrite("What now?", i) for i in range(6)]  # seeded
     assert "Question: What now?" in ps[0]
 
 

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 import pkt.run as runner
 from pkt.dataset import load_bench
@@ -27,6 +27,7 @@ from pkt.errors import PktError
 from pkt.eval import Evaluation, check_judged
 from pkt.eval.judge import OpenAIJudge
 from pkt.generation import GenConfig
+from pkt.methods import registry
 from pkt.neurons.release import import_release
 from pkt.run import config_groups
 from pkt.validation import validate
@@ -99,12 +100,12 @@ def test_judge_configs_validate(judge):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_config_instantiates_on_tiny(method, tiny, tmp_path):
-    extra = ["method.layers=[1]"] if method == "actadd" else []  # [15] is SmolLM2's middle
-    cfg = compose_cfg(["model=tiny_random", f"method={method}", *extra])
+    cfg = compose_cfg(["model=tiny_random", f"method={method}"])
     validate(cfg)
     ctx = openness_context(tiny, ["Q?"], {"high": ["h"], "low": ["l"]}, tmp_path / "run",
                            GenConfig.from_cfg(cfg.gen))
-    m = instantiate(cfg.method, _partial_=True, _recursive_=False, _convert_="all")(ctx=ctx)
+    node = OmegaConf.to_container(cfg.method, resolve=True)
+    m = registry.method_class(node.pop("name"))(ctx, **node)
     assert m.name == cfg.method.name
 
 
@@ -117,7 +118,6 @@ def test_valid_values_of_every_shape_pass(tmp_path):
            "method.strategy=ddp", "method.dropout=0"])
     check(["data.n_search=null", "data.n_test=null", "gen.repetition_penalty=1",
            "search_gen.batch_size=1"])
-    check(["method=base", "+method.note=anything"])  # **params: any key
 
 
 # ---------------------------------------------------------------------------------------
@@ -125,14 +125,14 @@ def test_valid_values_of_every_shape_pass(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,msg", [
-    (["method.strength=abc"], "method.strength must be a finite number >= 0 or 'auto', got 'abc'"),
-    (["method.strength=true"], "method.strength must be a finite number >= 0 or 'auto', got true"),
-    (["method.strength=inf"], "method.strength must be a finite number >= 0, got inf"),
-    (["method.strength=nan"], "method.strength must be a finite number >= 0, got nan"),
-    (["method.strength=-1"], "method.strength must be a finite number >= 0, got -1"),
+    (["method.strength=abc"], "method.strength must be a finite number >= 0 or 'auto' or null, got 'abc'"),
+    (["method.strength=true"], "method.strength must be a finite number >= 0 or 'auto' or null, got true"),
+    (["method.strength=inf"], "method.strength must be a finite number >= 0 or null, got inf"),
+    (["method.strength=nan"], "method.strength must be a finite number >= 0 or null, got nan"),
+    (["method.strength=-1"], "method.strength must be a finite number >= 0 or null, got -1"),
     (["method.keep_prob=0"], "method.keep_prob must be a finite number in (0, 1], got 0"),
     (["method.keep_prob=1.5"], "method.keep_prob must be a finite number in (0, 1], got 1.5"),
-    (["method.k_min=0"], "method.k_min must be a finite number > 0, got 0"),
+    (["method.k_min=0"], "method.k_min must be a finite number > 0 or null, got 0"),
     (["method.diff_threshold=nan"], "method.diff_threshold must be a finite number, got nan"),
     (["method.selection=best"], "unknown method.selection 'best' (choose from: npti, effect_size)"),
     (["method.strength_grid=[1,-1]"], "method.strength_grid[1] must be a finite number >= 0, "
@@ -165,12 +165,12 @@ def test_valid_values_of_every_shape_pass(tmp_path):
      "eval.judge.base_url must be an http(s) URL, got 'localhost:8000'"),
     (["eval/judge=local", "eval.judge.path=/j", "eval.judge.device=gpu0"],
      "eval.judge.device must be auto or a torch device"),
-    (["method.k_min=lots"], "method.k_min must be a finite number > 0, got 'lots'"),
+    (["method.k_min=lots"], "method.k_min must be a finite number > 0 or null, got 'lots'"),
     (["method.deactivate=yes"], "method.deactivate must be true or false, got 'yes'"),
     (["method.neurons_from=3"], "method.neurons_from must be a string or null, got 3"),
     (["method=actadd", "method.layers=[a]"], "method.layers[0] must be an integer, got 'a'"),
     (["method=actadd", "method.coefficient=big"], "method.coefficient must be a finite number"),
-    (["method=actadd", "method.batch_size=0"], "method.batch_size must be an integer >= 1, got 0"),
+    (["method=actadd", "method.batch_size=0"], "method.batch_size must be an integer >= 1 or null, got 0"),
     (["method=lora", "method.batch_size=-2"], "method.batch_size must be an integer >= 1, got -2"),
     (["method=lora", "method.rank=8.5"], "method.rank must be an integer in [1, 65536], got 8.5"),
     (["method=lora", "method.rank=1000000000000"], "method.rank must be an integer in [1, 65536]"),
@@ -434,7 +434,7 @@ def test_no_rating_for_any_answer_fails_and_some_missing_warns(caplog):
 def test_cli_bad_strength_is_one_line_before_the_model(tmp_path):
     r = run_pkt(["method=neuron", *TINY, "method.strength=abc"], tmp_path)
     assert one_error(r) == ("pkt: error: method.strength must be a finite number >= 0 or "
-                            "'auto', got 'abc'")
+                            "'auto' or null, got 'abc'")
     assert "test questions" not in r.stdout  # logged once data and model are loaded
     assert not results_left(tmp_path)
 
@@ -638,7 +638,7 @@ def test_tracker_that_fails_to_finish_after_ctrl_c_is_a_warning(tmp_path, monkey
             raise RuntimeError("service gone")
 
     monkeypatch.setattr(runner, "build_tracker", lambda *a, **k: Broken())
-    monkeypatch.setattr(BaseMethod, "prepare", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(BaseMethod, "prepare", lambda self, out=None: (_ for _ in ()).throw(KeyboardInterrupt))
     cfg = _hydra_cfg(tmp_path, ["model=tiny_random", "method=base", "logger=none", "eval=none"])
     with pytest.raises(SystemExit) as ei:
         runner.main.__wrapped__(cfg)

@@ -11,7 +11,7 @@ import torch
 from pkt import prompts
 from pkt.errors import PktError
 from pkt.generation import GenConfig, chat_prompt, generate
-from pkt.methods import RunContext
+from pkt.methods import Setting
 from pkt.methods.lora import (
     DEFAULT_TARGETS,
     LoraMethod,
@@ -22,7 +22,7 @@ from pkt.methods.lora import (
     training_examples,
 )
 from pkt.models import TinyRandomModel
-from tests.conftest import openness_context, read_jsonl, run_dirs, run_pkt
+from tests.conftest import openness_context, outputs, read_jsonl, run_dirs, run_pkt
 
 QUESTIONS = ["What do you think about modern art?", "How do you spend a free afternoon?",
              "Would you try a food you have never heard of?", "What is your view on poetry?",
@@ -40,9 +40,9 @@ PERSONAS = {"high": ["You are curious and imaginative.", "You love art and new i
             "low": ["You like routine and plain facts.", "You avoid anything unfamiliar."]}
 
 
-def _ctx(lm, root: Path, aspect: str = "high", tracker=None) -> RunContext:
+def _ctx(lm, root: Path, aspect: str = "high") -> Setting:
     return openness_context(lm, QUESTIONS, PERSONAS, root / "run", EVAL_GEN, aspect=aspect,
-                            cache_dir=root / "cache", tracker=tracker)
+                            cache_dir=root / "cache")
 
 
 def _texts(lm) -> list[str]:
@@ -60,7 +60,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     lm = TinyRandomModel().load()
     m = LoraMethod(_ctx(lm, root), **FAST)
-    m.prepare()
+    m.prepare(outputs(root / "run"))
     return root, lm, m
 
 
@@ -126,7 +126,7 @@ def test_metrics_and_describe(trained):
     assert mt["lora_final_train_loss"] > 0 and mt["lora_best_val_loss"] > 0
     d = m.describe()
     assert d["method"] == "lora" and d["rank"] == 8 and d["lr"] == 5e-3
-    assert (m.ctx.run_dir / "lightning" / "lora" / "metrics.csv").is_file()
+    assert (m.out.run_dir / "lightning" / "lora" / "metrics.csv").is_file()
 
 
 def test_adapter_reload_gives_identical_greedy_outputs(trained, caplog):
@@ -174,8 +174,8 @@ def test_training_curves_go_to_the_runners_own_wandb_run(tmp_path):
     tracker = WandbTracker(run_dir=tmp_path, run_config={}, name="t", mode="offline")
     env = {k: v for k, v in os.environ.items() if k.startswith("WANDB")}
     try:
-        m = LoraMethod(_ctx(TinyRandomModel().load(), tmp_path, tracker=tracker), **FAST)
-        m.prepare()
+        m = LoraMethod(_ctx(TinyRandomModel().load(), tmp_path), **FAST)
+        m.prepare(outputs(tmp_path / "run", tracker))
         # Lightning did not finish the runner's run: it still takes records
         tracker.log_metrics({"after_training": 1})
         tracker.log_summary({"summary_probe_after": 1})  # a name no history record has

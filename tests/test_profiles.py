@@ -198,8 +198,8 @@ def test_prompt_profiles_combine_every_trait():
         Trait.load("openness").adjectives["high"], q)
     p2 = [fake_prompt("p2", "extraversion", "high", None),
           fake_prompt("p2", "neuroticism", "low", None)]
-    assert PromptMethod.profile_prompt(p2, q, 4) == prompts.p2(
-        "[extraversion high 4] [neuroticism low 4]", q)
+    assert PromptMethod.profile_prompt(p2, q, 4) == prompts.p2(  # drawn per question text
+        f"[extraversion high {q}] [neuroticism low {q}]", q)
 
 
 def test_intensity_words():

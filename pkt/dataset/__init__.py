@@ -32,8 +32,9 @@ class Bench:
     data_hash: str
     files: dict[str, str] = field(default_factory=dict)
 
-    def persona_for(self, aspect: str, i: int, seed: int) -> str:
-        """The persona description drawn (seeded) for question i under ``aspect``."""
+    def persona_for(self, aspect: str, i: int | str, seed: int) -> str:
+        """The persona description drawn (seeded) for question ``i`` (its index, or its
+        text) under ``aspect``."""
         pool = self.personas[aspect]
         rng = random.Random(f"{seed}:{aspect}:{i}")
         return pool[rng.randrange(len(pool))]

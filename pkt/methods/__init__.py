@@ -1,14 +1,23 @@
-"""Methods: each builds prompts and/or an intervention, and answers test questions.
+"""Methods: each is one class that turns a setting into a reusable intervention.
 
-A method is created from its config group (``_target_`` + ``instantiate``) with the run's
-:class:`RunContext`. ``prepare()`` does the expensive, cached work (identify neurons, train
-an adapter); ``intervention()`` is a context manager that makes the model "the model under
-this method" (used for generation and for capability probes); ``respond()`` answers.
+A method is built from plain arguments, a :class:`Setting` (a loaded model, the trait, its
+aspect, a data source, a seed, generation settings, the cache folder) and its own keyword
+parameters, and found by name in :mod:`pkt.methods.registry`. The three front doors (the
+runner, the Python API, the server) only translate their input into those arguments, so
+one personality is one object whichever door built it:
+
+* ``prepare(out=None)`` does the expensive, cached work (identify neurons, compute a
+  vector, train an adapter, choose a strength) through the artifact store on disk;
+  ``out`` (a run folder and a tracker) receives plots and logs when a run asks for them;
+* ``rewrite(question, i)`` is the user turn the method asks for question ``i``;
+* ``intervention(scope)`` is a context manager that makes the model "the model under this
+  method" (hooks or an adapter), for generation or for teacher-forced scoring;
+* ``respond(questions)`` answers with both;
+* ``describe()`` and ``prepared`` are its settings, figures and artifact keys.
 
 A profile (several traits at once, :mod:`pkt.profiles`) is one method object per trait,
-each prepared as in a single-trait run (so identification, vectors and caches are shared),
-composed by :class:`ProfileMethod` with the rules of the method's class
-(``profile_prompt`` / ``profile_intervention``).
+each prepared as in a single-trait run, composed by :class:`ProfileMethod` with the rules
+of the method's class (``profile_prompt`` / ``profile_intervention``).
 """
 
 from __future__ import annotations
@@ -19,24 +28,34 @@ from pathlib import Path
 from typing import Any
 
 from pkt import prompts
-from pkt.dataset import Bench
 from pkt.generation import GenConfig, Generation, GenStats, chat_prompt, generate
-from pkt.models import LoadedModel
 
 
 @dataclass
-class RunContext:
-    lm: LoadedModel
-    bench: Bench
-    trait: Any  # the trait config node (name, title, facets, adjectives)
-    aspect: str
-    seed: int
-    gen: GenConfig
-    run_dir: Path
-    cache_dir: Path
-    tracker: Any = None
-    progress: bool = True
+class Setting:
+    """What a method is prepared for; plain objects, no config system.
+
+    ``compute=False``: use cached artifacts only (a method that would have to identify a
+    trait raises :class:`pkt.neurons.identify.NotIdentified` instead)."""
+
+    lm: Any  # pkt.models.LoadedModel
+    bench: Any  # pkt.dataset.Bench: the trait's search and test questions and personas
+    trait: Any = None  # pkt.traits.Trait (name, title, facets, adjectives); None: no trait
+    aspect: str | None = None
+    seed: int = 0
+    gen: GenConfig = field(default_factory=GenConfig)
+    cache_dir: Path = Path(".cache")
+    progress: bool = False
+    compute: bool = True
     gen_stats: GenStats = field(default_factory=GenStats)
+
+
+@dataclass
+class Outputs:
+    """Where a run wants a method's plots, exported sets and training logs."""
+
+    run_dir: Path
+    tracker: Any = None
 
 
 @dataclass
@@ -46,16 +65,19 @@ class Prepared:
 
     metrics: dict = field(default_factory=dict)
     artifacts: dict = field(default_factory=dict)
+    # True when this prepare() computed an expensive part (not all from the cache)
+    fresh: bool = False
 
 
 class Method:
-    # False: the method cannot compose a profile (the runner refuses with this reason)
+    # False or a reason: the method cannot compose a profile
     profile_support: bool | str = True
 
-    def __init__(self, ctx: RunContext, name: str, **params):
+    def __init__(self, ctx: Setting, name: str, **params):
         self.ctx, self.name, self.params = ctx, name, dict(params)
         self.profile_strength: float | None = None
         self.prepared = Prepared()
+        self.out: Outputs | None = None
 
     @property
     def label(self) -> str:
@@ -66,11 +88,17 @@ class Method:
         """The method's parameters, written beside every generation."""
         return {"method": self.name, **self.params}
 
-    def prepare(self) -> Prepared:
+    def prepare(self, out: Outputs | None = None) -> Prepared:
         """The expensive, cached work; returns the method's figures and artifact keys."""
+        self.out = out
         return self.prepared
 
-    def user_prompt(self, question: str, i: int) -> str:
+    def fresh_traits(self) -> list[str]:
+        """The traits whose expensive parts this personality's prepare() computed."""
+        return [self.ctx.bench.trait.lower()] if self.prepared.fresh else []
+
+    def rewrite(self, question: str, i: int = 0) -> str:
+        """The user turn this method asks for question ``i``."""
         return prompts.neutral(question)
 
     def intervention(self, scope=None) -> contextlib.AbstractContextManager:
@@ -82,13 +110,13 @@ class Method:
         """
         return contextlib.nullcontext()
 
-    def respond(self, questions: list[str]) -> list[Generation]:
+    def respond(self, questions: list[str], gen: GenConfig | None = None) -> list[Generation]:
         tok = self.ctx.lm.tokenizer
-        texts = [chat_prompt(tok, self.user_prompt(q, i)) for i, q in enumerate(questions)]
+        texts = [chat_prompt(tok, self.rewrite(q, i)) for i, q in enumerate(questions)]
         with self.intervention():
-            return generate(self.ctx.lm.model, tok, texts, self.ctx.gen,
-                            desc=f"{self.label}:{self.ctx.aspect or 'profile'}", progress=self.ctx.progress,
-                            stats=self.ctx.gen_stats)
+            return generate(self.ctx.lm.model, tok, texts, gen or self.ctx.gen,
+                            desc=f"{self.label}:{self.ctx.aspect or 'profile'}",
+                            progress=self.ctx.progress, stats=self.ctx.gen_stats)
 
     def use_profile_strength(self, strength: float | None) -> None:
         """A profile's per-trait strength, set before ``prepare()`` (None: the method's own)."""
@@ -119,7 +147,7 @@ class Method:
 class ProfileMethod(Method):
     """A profile's method: one prepared method per trait, composed by their class's rules."""
 
-    def __init__(self, ctx: RunContext, parts: list[Method], profile):
+    def __init__(self, ctx: Setting, parts: list[Method], profile):
         kinds = {type(m) for m in parts}
         if len(kinds) != 1:
             raise ValueError("a profile composes methods of one class")
@@ -134,8 +162,16 @@ class ProfileMethod(Method):
     def label(self) -> str:
         return self._label
 
-    def prepare(self) -> Prepared:
-        done = {m.ctx.bench.trait.lower(): m.prepare() for m in self.parts}
+    def prepare(self, out: Outputs | None = None) -> Prepared:
+        self.out = out
+        done = {}
+        for m in self.parts:
+            t = m.ctx.bench.trait.lower()
+            part_out = None
+            if out is not None:
+                part_out = Outputs(Path(out.run_dir) / "parts" / t, out.tracker)
+                part_out.run_dir.mkdir(parents=True, exist_ok=True)
+            done[t] = m.prepare(part_out)
         finish = self.kind.profile_finish(self.parts, self.profile)
         if finish:
             self.prepared.metrics["profile_strength_auto"] = finish
@@ -145,9 +181,13 @@ class ProfileMethod(Method):
         self.prepared.metrics["parts"] = {t: p.metrics for t, p in done.items()}
         self.prepared.artifacts.update({f"{t}.{k}": v for t, p in done.items()
                                         for k, v in p.artifacts.items()})
+        self.prepared.fresh = any(p.fresh for p in done.values())
         return self.prepared
 
-    def user_prompt(self, question: str, i: int) -> str:
+    def fresh_traits(self) -> list[str]:
+        return [m.ctx.bench.trait.lower() for m in self.parts if m.prepared.fresh]
+
+    def rewrite(self, question: str, i: int = 0) -> str:
         return self.kind.profile_prompt(self.parts, question, i)
 
     def intervention(self, scope=None):

@@ -27,7 +27,7 @@ from pkt import prompts
 from pkt.artifacts import ArtifactStore
 from pkt.errors import PktError
 from pkt.hooks import Scope, hooked, position_ids
-from pkt.methods import Method, Prepared, RunContext
+from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.neurons import identify
 from pkt.neurons.sites import decoder_layers
 
@@ -139,17 +139,21 @@ def steer(model, adds: dict[int, torch.Tensor], include_prompt: bool = False,
 
 
 class ActAddMethod(Method):
-    def __init__(self, ctx: RunContext, name: str = "actadd", layers: list[int] | int = (15,),
+    def __init__(self, ctx: Setting, name: str = "actadd", layers: list[int] | int | None = None,
                  coefficient: float = 4.0, position: str = "mean", include_prompt: bool = False,
-                 recompute: bool = False, batch_size: int = 8):
+                 recompute: bool = False, batch_size: int | None = None):
+        n = len(decoder_layers(ctx.lm.model))
+        if layers is None:  # the middle decoder block (15 of SmolLM2-135M's 30)
+            layers = [n // 2]
         layers = [layers] if isinstance(layers, int) else list(layers or [])
+        if batch_size is None:
+            batch_size = ctx.gen.batch_size
         super().__init__(ctx, name, layers=layers, coefficient=coefficient, position=position,
                          include_prompt=include_prompt)
         if not math.isfinite(float(coefficient)):
             raise PktError(f"method.coefficient must be a finite number, got {coefficient}")
         if position not in POSITIONS:
             raise PktError(f"unknown method.position '{position}' (choose from: {', '.join(POSITIONS)})")
-        n = len(decoder_layers(ctx.lm.model))
         if not layers:
             raise PktError("method.layers is empty (give decoder block indices, e.g. [15])")
         resolved = []
@@ -178,8 +182,9 @@ class ActAddMethod(Method):
             "prompt": prompts.ROLEPLAY,
         }
 
-    def prepare(self) -> Prepared:
+    def prepare(self, out: Outputs | None = None) -> Prepared:
         ctx = self.ctx
+        self.out = out
         key = self.vector_key()
         path = None if self.recompute else self.store.load("actadd_vector", key)
         if path is not None:
@@ -188,6 +193,9 @@ class ActAddMethod(Method):
             self.vectors = {i: t[f"layer.{i}"] for i in self.layers}
             cached = True
         else:
+            if not ctx.compute:
+                raise identify.NotIdentified(f"no ActAdd vector of {ctx.bench.trait} is cached "
+                                             f"yet for {ctx.lm.name} with these settings")
             self.vectors = steering_vectors(ctx.lm, ctx.bench, ctx.seed, self.layers,
                                             self.position, self.batch_size, ctx.progress)
             norms = {str(i): float(v.norm()) for i, v in self.vectors.items()}
@@ -204,27 +212,30 @@ class ActAddMethod(Method):
         self.prepared.artifacts["actadd_vector"] = path.name
         self.prepared.metrics["actadd_vector_norm"] = [float(self.vectors[i].norm()) for i in self.layers]
         self.prepared.metrics["actadd_cached"] = cached
+        self.prepared.fresh = not cached
         return self.prepared
 
     def additions(self, aspect: str | None = None) -> dict[int, torch.Tensor]:
-        """What is added per layer for ``aspect``: +-coefficient * vector."""
+        """What is added per layer for ``aspect``: +-coefficient * strength * vector (the
+        strength a profile gives, 1.0 without one)."""
         if not self.vectors:
             raise PktError("method=actadd: call prepare() before intervention()")
         sign = 1.0 if (aspect or self.ctx.aspect) == "high" else -1.0
-        return {i: sign * self.coefficient * self.vectors[i] for i in self.layers}
+        s = sign * self.coefficient * (1.0 if self.profile_strength is None
+                                       else float(self.profile_strength))
+        return {i: s * self.vectors[i] for i in self.layers}
 
     def intervention(self, scope: Scope | None = None):
         return steer(self.ctx.lm.model, self.additions(), self.include_prompt, scope)
 
-    # a profile: the sum of every trait's vector times its sign and strength (1.0 when the
-    # profile gives none), at the layers of the method's config
+    # a profile: the sum of every trait's additions (its vector times its sign and
+    # strength), at the layers of the method's config
     @classmethod
     def profile_additions(cls, parts: list[ActAddMethod]) -> dict[int, torch.Tensor]:
         adds: dict[int, torch.Tensor] = {}
         for m in parts:
-            s = 1.0 if m.profile_strength is None else float(m.profile_strength)
             for i, v in m.additions().items():
-                adds[i] = adds[i] + s * v if i in adds else s * v
+                adds[i] = adds[i] + v if i in adds else v
         return adds
 
     @classmethod

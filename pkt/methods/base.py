@@ -1,5 +1,8 @@
-from pkt.methods import Method
+from pkt.methods import Method, Setting
 
 
 class BaseMethod(Method):
     """No intervention: the neutral evaluation prompt only."""
+
+    def __init__(self, ctx: Setting, name: str = "base"):
+        super().__init__(ctx, name)

@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 from pkt import plots
 from pkt.artifacts import ArtifactStore, read_meta
 from pkt.errors import PktError
-from pkt.eval.capability import load_mc
+from pkt.generation import GenConfig
 from pkt.hooks import Scope
-from pkt.methods import Method, Prepared, RunContext
+from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.neurons import identify
 from pkt.neurons.induce import Induction, edit_tables
 from pkt.neurons.release import export_release, file_name, import_release
@@ -24,6 +24,7 @@ from pkt.neurons.sites import shape
 log = logging.getLogger(__name__)
 OTHER = {"high": "low", "low": "high"}
 AUTO_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
+DEFAULT_K_MIN = 0.013
 SEARCH = "ppl-scan+mc-bisect"  # strength=auto's search (part of its cache key)
 
 
@@ -70,13 +71,19 @@ def choose_strength(grid, ppl_ratio, mc_ratio, max_ppl_ratio: float,
 
 
 class NeuronMethod(Method):
-    def __init__(self, ctx: RunContext, name: str = "neuron", strength: float | str = 1.0,
-                 k_min: float = 0.013, diff_threshold: float = 0.1, keep_prob: float = 0.9,
+    def __init__(self, ctx: Setting, name: str = "neuron", strength: float | str | None = None,
+                 k_min: float | None = None, diff_threshold: float = 0.1, keep_prob: float = 0.9,
                  deactivate: bool = True, include_prompt: bool = False, recompute: bool = False,
                  neurons_from: str | None = None, search_gen: dict | None = None,
                  selection: str = "npti", strength_grid: list | None = None,
                  max_ppl_ratio: float = 1.15, min_mc_ratio: float = 0.95,
                  auto_n_mc: int | None = None):
+        # None: the model's own default (its config's npti_strength / npti_k_min), else
+        # strength=auto and 1.3% of the MLP neurons
+        if strength is None:
+            strength = getattr(ctx.lm, "npti_strength", None) or "auto"
+        if k_min is None:
+            k_min = getattr(ctx.lm, "npti_k_min", None) or DEFAULT_K_MIN
         super().__init__(ctx, name, strength=strength, k_min=k_min, diff_threshold=diff_threshold,
                          keep_prob=keep_prob, deactivate=deactivate,
                          include_prompt=include_prompt, neurons_from=neurons_from,
@@ -104,7 +111,7 @@ class NeuronMethod(Method):
         self.k_min, self.threshold = k_min, float(diff_threshold)
         self.keep_prob, self.deactivate, self.include_prompt = keep_prob, deactivate, include_prompt
         self.recompute, self.neurons_from = recompute, neurons_from
-        self.search_gen = ctx.gen.merged(search_gen)
+        self.search_gen = GenConfig.search(ctx.lm, search_gen)
         self.store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
         self.sets: dict[str, NeuronSet] = {}
         self.stats_dir: Path | None = None
@@ -112,8 +119,9 @@ class NeuronMethod(Method):
         self._measured: dict[tuple[float, str], dict] = {}  # strength=auto's probes, this run
 
     # -- step 1 ------------------------------------------------------------------
-    def prepare(self) -> Prepared:
+    def prepare(self, out: Outputs | None = None) -> Prepared:
         ctx = self.ctx
+        self.out = out
         n_layers, width = shape(ctx.lm.model)
         if self.neurons_from:
             self.sets = self._load_external(Path(self.neurons_from), n_layers, width)
@@ -121,9 +129,11 @@ class NeuronMethod(Method):
         else:
             st, self.stats_dir, hit = identify.load_or_compute(
                 self.store, ctx.lm, ctx.bench, ctx.seed, self.search_gen,
-                recompute=bool(self.recompute), progress=ctx.progress, gen_stats=None)
+                recompute=bool(self.recompute), progress=ctx.progress, gen_stats=None,
+                compute=ctx.compute)
             self.prepared.artifacts["statistics"] = self.stats_dir.name
             self.prepared.metrics["neuron_stats_cached"] = hit
+            self.prepared.fresh = self.prepared.fresh or not hit
             for a in identify.ASPECTS:
                 self.prepared.metrics[f"search_tokens_{a}"] = int(st[f"{a}.tokens"])
             self.sets = select_sets(st, self.selection, self.k_min, self.threshold)
@@ -131,19 +141,21 @@ class NeuronMethod(Method):
             diffs = (st["high.prob"] - st["low.prob"]).flatten().numpy()
             self.prepared.metrics["diff_max"] = float(diffs.max())
             self.prepared.metrics["diff_min"] = float(diffs.min())
-            self._plots(diffs, n_layers)
+            if out is not None:
+                self._plots(diffs, n_layers, out)
         total = n_layers * width
         for a, ns in self.sets.items():
             self.prepared.metrics[f"neurons_{a}"] = len(ns)
             self.prepared.metrics[f"neurons_{a}_frac"] = len(ns) / total
             self.prepared.metrics[f"neurons_{a}_per_layer"] = ns.per_layer(n_layers)
-        export_release(ctx.run_dir / "neurons", ctx.bench.trait, self.sets)
+        if out is not None:
+            export_release(Path(out.run_dir) / "neurons", ctx.bench.trait, self.sets)
         if self.auto:
             self.strength, trials = self._auto_strength(ctx.aspect)
             self.auto_chosen = self.strength
             self.prepared.metrics["strength_auto"] = {"chosen": self.strength, "trials": trials,
                                                       **self.bounds,
-                                                      "n_mc": len(load_mc(self.auto_n_mc))}
+                                                      "n_mc": self.auto_n_mc_count()}
             self.params["strength"] = self.strength
             self.params["strength_mode"] = "auto"
         return self.prepared
@@ -169,6 +181,9 @@ class NeuronMethod(Method):
             d = json.loads((path / "choice.json").read_text())
             self.prepared.metrics["strength_auto_cached"] = True
             return float(d["chosen"]), d["trials"]
+        if not ctx.compute:
+            raise identify.NotIdentified(f"strength=auto has not been chosen yet for "
+                                         f"{ctx.bench.trait} ({aspect}) on {ctx.lm.name}")
         base = capability.base_figures(ctx.lm, ctx.cache_dir, self.auto_n_mc, ctx.gen.batch_size)
 
         def probe(s: float, part: str) -> float:
@@ -192,6 +207,7 @@ class NeuronMethod(Method):
         self.store.save("auto_strength", key, lambda tmp: (tmp / "choice.json").write_text(
             json.dumps({"chosen": chosen, "trials": trials}, indent=2)))
         self.prepared.metrics["strength_auto_cached"] = False
+        self.prepared.fresh = True
         return chosen, trials
 
     def _save_sets(self) -> None:
@@ -232,18 +248,23 @@ class NeuronMethod(Method):
             raise PktError(f"{path} holds neither a pkt neuron artifact nor {file_name(title, 'high')}")
         return import_release(path, title, n_layers, width)
 
-    def _plots(self, diffs, n_layers: int) -> None:
+    def auto_n_mc_count(self) -> int:
+        from pkt.eval.capability import load_mc
+
+        return len(load_mc(self.auto_n_mc))
+
+    def _plots(self, diffs, n_layers: int, out: Outputs) -> None:
         ctx = self.ctx
         counts = {a: ns.per_layer(n_layers) for a, ns in self.sets.items()}
         title = f"{ctx.bench.trait}: {ctx.lm.name}"
         p1 = plots.neurons_per_layer(counts, f"{title} - selected neurons per layer",
-                                     ctx.run_dir / "neurons_per_layer.png")
+                                     Path(out.run_dir) / "neurons_per_layer.png")
         cut = {a: float(ns.diff.min()) if len(ns) else 0.0 for a, ns in self.sets.items()}
         p2 = plots.diff_distribution(diffs, cut, f"{title} - activation-probability difference",
-                                     ctx.run_dir / "diff_distribution.png")
-        if ctx.tracker is not None:
-            ctx.tracker.log_image("neurons/per_layer", p1)
-            ctx.tracker.log_image("neurons/diff_distribution", p2)
+                                     Path(out.run_dir) / "diff_distribution.png")
+        if out.tracker is not None:
+            out.tracker.log_image("neurons/per_layer", p1)
+            out.tracker.log_image("neurons/diff_distribution", p2)
 
     # -- step 2 ------------------------------------------------------------------
     def induction(self, aspect: str | None = None, scope: Scope | None = None,

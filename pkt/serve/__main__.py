@@ -75,9 +75,8 @@ def _float(node, key: str, lo: float, hi: float, lo_open: bool = False) -> float
 
 def settings_from_cfg(cfg: DictConfig):
     """(Settings, host, port, log level) from the composed config; PktError on a bad value."""
-    from pkt.api import PROFILE_METHODS
     from pkt.serve.app import Settings
-    from pkt.serve.personas import parse_shorthand
+    from pkt.serve.personas import parse_shorthand, served_methods
 
     node = OmegaConf.to_container(cfg.serve, resolve=True)
     host = node.get("host")
@@ -87,9 +86,9 @@ def settings_from_cfg(cfg: DictConfig):
     if not isinstance(node.get("identify"), bool):
         raise PktError(f"serve.identify must be true or false, got {node.get('identify')!r}")
     method = node.get("method")
-    if method not in PROFILE_METHODS:
+    if method not in served_methods():
         raise PktError(f"unknown serve.method '{method}' (choose from: "
-                       f"{', '.join(PROFILE_METHODS)})")
+                       f"{', '.join(served_methods())})")
     preload = node.get("preload") or []
     if isinstance(preload, str):
         preload = [preload]
@@ -108,7 +107,7 @@ def settings_from_cfg(cfg: DictConfig):
         raise PktError(f"seed must be an integer, got {seed!r}")
     settings = Settings(
         identify=node["identify"], n_search=_int(node, "n_search", 1, null=True),
-        search_max_new_tokens=_int(node, "search_max_new_tokens", 1),
+        search_max_new_tokens=_int(node, "search_max_new_tokens", 1, null=True),
         max_tokens=_int(node, "max_tokens", 1), method=method,
         temperature=_float(node, "temperature", 0.0, 2.0),
         repetition_penalty=_float(node, "repetition_penalty", 0.0, 10.0, lo_open=True),

@@ -29,7 +29,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pkt.api import PROFILE_METHODS
 from pkt.errors import PktError
 from pkt.serve import page
 from pkt.serve.engine import Completion, Decoder, Sampling
@@ -41,6 +40,7 @@ from pkt.serve.personas import (
     parse_field,
     parse_model,
     parse_shorthand,
+    served_methods,
 )
 
 log = logging.getLogger("pkt.serve")
@@ -54,8 +54,9 @@ class Settings:
     """The ``serve`` block of ``conf/serve.yaml`` (plus where caches and data live)."""
 
     identify: bool = True
-    n_search: int | None = 48
-    search_max_new_tokens: int = 80
+    # identification's budget: null = the runner's (the whole search split, search_gen)
+    n_search: int | None = None
+    search_max_new_tokens: int | None = None
     max_tokens: int = 128
     method: str = "neuron"
     temperature: float = 0.0
@@ -335,7 +336,8 @@ class Service:
             ctx = self.decoder.context_length
             if ctx is not None and len(ids) + s.max_tokens > ctx:
                 s = Sampling(**{**s.__dict__, "max_tokens": ctx - len(ids)})
-            emit(("ready", {"identified": new, "prompt_tokens": len(ids)}))
+            emit(("ready", {"identified": new, "prompt_tokens": len(ids),
+                            "settings": pers.info["settings"]}))
             with pers.apply():
                 for delta in self.decoder.stream(ids, s, out, cancel):
                     emit(("delta", delta))
@@ -439,7 +441,9 @@ def create_app(lm, settings: Settings | None = None) -> FastAPI:
     async def health():
         st = service.stats
         return {"status": "ok", "model": base, "method": settings.method,
-                "methods": list(PROFILE_METHODS), "identify": settings.identify,
+                "methods": served_methods(), "identify": settings.identify,
+                "n_search": settings.n_search,
+                "search_max_new_tokens": settings.search_max_new_tokens,
                 "busy": service.busy, "waiting": service.lock.waiting,
                 "context_length": service.decoder.context_length,
                 "requests": st.requests, "completed": st.completed, "cancelled": st.cancelled,
@@ -487,7 +491,8 @@ def create_app(lm, settings: Settings | None = None) -> FastAPI:
             headers["X-PKT-Identified"] = ",".join(info["identified"])
         extra = {"personality": {"label": req.spec.label, "method": req.spec.method
                                  if req.spec.profile else None,
-                                 "identified": info["identified"]}}
+                                 "identified": info["identified"],
+                                 "settings": info["settings"]}}
 
         def usage(out: Completion) -> dict:
             return {"prompt_tokens": out.prompt_tokens,

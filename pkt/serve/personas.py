@@ -25,7 +25,6 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pkt.api import PROFILE_METHODS
 from pkt.errors import PktError
 from pkt.profiles import Profile
 
@@ -63,10 +62,18 @@ class Spec:
         return f"{self.profile.label}@{self.method}"
 
 
+def served_methods() -> list[str]:
+    """The methods a request may name: those that compose profiles (registry)."""
+    from pkt.methods import registry
+
+    return registry.profile_methods()
+
+
 def _method(name, param: str) -> str:
-    if name not in PROFILE_METHODS:
+    methods = served_methods()
+    if name not in methods:
         raise RequestError(f"unknown personality method '{name}' (choose from: "
-                           f"{', '.join(PROFILE_METHODS)})", param, "invalid_personality")
+                           f"{', '.join(methods)})", param, "invalid_personality")
     return name
 
 
@@ -133,17 +140,22 @@ class NotReady(RequestError):
 
 
 class PersonalityCache:
-    """Composed :class:`pkt.Personality` per (profile, method); call under the model lock."""
+    """Composed :class:`pkt.Personality` per (profile, method); call under the model lock.
 
-    def __init__(self, lm, identify: bool = True, n_search: int | None = 48,
-                 search_max_new_tokens: int = 80, seed: int = 0, cache_dir=None,
+    Every personality is built by :func:`pkt.personality`, the same method classes,
+    defaults and on-disk artifacts as ``python -m pkt.run``; the server's own settings
+    (``n_search``, ``search_max_new_tokens``: null = the runner's) are the only difference,
+    and a response says which settings it used."""
+
+    def __init__(self, lm, identify: bool = True, n_search: int | None = None,
+                 search_max_new_tokens: int | None = None, seed: int = 0, cache_dir=None,
                  data_path=None, max_size: int = 64):
         self.lm, self.identify, self.n_search = lm, identify, n_search
         self.search_max_new_tokens, self.seed = search_max_new_tokens, seed
         self.cache_dir, self.data_path, self.max_size = cache_dir, data_path, max_size
         self.items: OrderedDict[tuple, object] = OrderedDict()
-        self.vectors: dict[str, dict] = {}  # ActAdd: trait -> {layer: unit (high) vector}
-        self.identified: list[str] = []  # every trait this server identified, in order
+        # every (trait, method) this server identified or computed, in order
+        self.identified: list[dict] = []
 
     def get(self, spec: Spec, progress: bool = False):
         """(Personality, traits identified by this call); ``progress``: identification's
@@ -162,45 +174,20 @@ class PersonalityCache:
         import pkt
         from pkt.neurons.identify import NotIdentified
 
-        kw = dict(n_search=self.n_search, seed=self.seed, data_path=self.data_path,
-                  cache=self.cache_dir, progress=progress)
-        if not spec.profile or spec.method in ("neuron", "prompt", "prompt_p2"):
-            try:
-                pers = pkt.personality(self.lm, spec.profile, spec.method, compute=self.identify,
-                                       max_new_tokens=self.search_max_new_tokens, **kw)
-            except NotIdentified as e:
-                raise NotReady(f"{e}; this server does not identify traits on request "
-                               f"(serve.identify=false): start it with serve.identify=true, or "
-                               f"list the trait in serve.preload") from None
-            new = [t for t, fresh in pers.info["identified"].items() if fresh]
-            if new:
-                self.identified += new
-                log.info("identified %s for %s", ", ".join(new), self.lm.name)
-            return pers, new
-        # actadd: one unit vector per trait (the high - low persona difference), composed here
-        new = []
-        adds: dict = {}
-        for e in spec.profile:
-            vec = self.vectors.get(e.trait)
-            if vec is None:
-                if not self.identify:
-                    raise NotReady(f"no ActAdd vector for {e.trait} yet; this server does not "
-                                   f"compute them on request (serve.identify=false): start it "
-                                   f"with serve.identify=true, or list the trait in "
-                                   f"serve.preload with @actadd")
-                unit = pkt.personality(self.lm, f"{e.trait}:high:1", "actadd",
-                                       coefficient=1.0, **kw)
-                vec = self.vectors[e.trait] = unit.parts
-                new.append(e.trait)
-                self.identified.append(e.trait)
-                log.info("computed the ActAdd vector of %s for %s", e.trait, self.lm.name)
-            s = (1.0 if e.aspect == "high" else -1.0) * COEFFICIENT * (
-                1.0 if e.strength is None else e.strength)
-            for layer, v in vec.items():
-                adds[layer] = adds[layer] + s * v if layer in adds else s * v
-        info = {"method": "actadd", "seed": self.seed, "coefficient": COEFFICIENT,
-                "identified": {t: t in new for t in (e.trait for e in spec.profile)}}
-        return pkt.Personality(self.lm, spec.profile, "actadd", adds, info), new
-
-
-COEFFICIENT = 4.0  # ActAdd's multiplier at strength 1 (pkt.personality's default)
+        params = {}
+        if self.search_max_new_tokens is not None and spec.method in ("neuron", "lora"):
+            params["search_gen"] = {"max_new_tokens": self.search_max_new_tokens}
+        try:
+            pers = pkt.personality(self.lm, spec.profile, spec.method, seed=self.seed,
+                                   n_search=self.n_search, data_path=self.data_path,
+                                   cache=self.cache_dir, progress=progress,
+                                   compute=self.identify, **params)
+        except NotIdentified as e:
+            raise NotReady(f"{e}; this server does not identify traits on request "
+                           f"(serve.identify=false): start it with serve.identify=true, or "
+                           f"list the personality in serve.preload") from None
+        new = pers.identified()
+        if new:
+            self.identified += [{"trait": t, "method": pers.method} for t in new]
+            log.info("identified %s (%s) for %s", ", ".join(new), pers.method, self.lm.name)
+        return pers, new

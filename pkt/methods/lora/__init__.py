@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -34,7 +35,8 @@ from torch.utils.data import DataLoader
 from pkt import prompts
 from pkt.artifacts import ArtifactStore, key_hash, read_meta
 from pkt.errors import PktError
-from pkt.methods import Method, Prepared, RunContext
+from pkt.generation import GenConfig
+from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.methods.lora.adapter import DEFAULT_TARGETS, attach_lora, load_adapter
 from pkt.methods.lora.data import collate, split, training_examples
 from pkt.methods.lora.module import LoraModule
@@ -54,7 +56,7 @@ class LoraMethod(Method):
                        "trait and aspect's persona answers); use method=neuron, actadd, prompt "
                        "or prompt_p2 for a profile")
 
-    def __init__(self, ctx: RunContext, name: str = "lora", rank: int = 8, alpha: float = 16,
+    def __init__(self, ctx: Setting, name: str = "lora", rank: int = 8, alpha: float = 16,
                  dropout: float = 0.05, target_modules: list[str] | None = None,
                  lr: float = 2e-4, weight_decay: float = 0.0, batch_size: int = 8,
                  max_epochs: int = 2, max_steps: int = 100, val_fraction: float = 0.15,
@@ -90,7 +92,7 @@ class LoraMethod(Method):
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.recompute = bool(recompute)
         self.adapter_from = adapter_from
-        self.search_gen = ctx.gen.merged(search_gen)
+        self.search_gen = GenConfig.search(ctx.lm, search_gen)
         self.store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
         self.peft = None  # the PeftModel around ctx.lm.model, after prepare()
         self.training: dict = {}
@@ -115,8 +117,9 @@ class LoraMethod(Method):
         }
 
     # -- prepare ---------------------------------------------------------------------
-    def prepare(self) -> Prepared:
+    def prepare(self, out: Outputs | None = None) -> Prepared:
         ctx = self.ctx
+        self.out = out
         if self.peft is not None:
             return self.prepared
         if self.adapter_from:
@@ -132,8 +135,12 @@ class LoraMethod(Method):
                 self._load(path)
                 cached = True
             else:
+                if not ctx.compute:
+                    raise identify.NotIdentified(f"no LoRA adapter of {ctx.bench.trait} "
+                                                 f"({ctx.aspect}) is cached yet for {ctx.lm.name}")
                 path = self._train_and_save(key)
                 cached = False
+                self.prepared.fresh = True
             self.prepared.artifacts["lora_adapter"] = path.name
         self.peft.base_model.disable_adapter_layers()
         ctx.lm.model.eval()
@@ -187,11 +194,14 @@ class LoraMethod(Method):
             extra={"base_model_fingerprint": ctx.lm.fingerprint, "model": ctx.lm.name,
                    "trait": ctx.bench.trait, "aspect": ctx.aspect, "training": self.training})
 
-    def loggers(self) -> list:
-        ctx = self.ctx
-        out: list = [CSVLogger(save_dir=str(Path(ctx.run_dir) / "lightning"), name="",
+    def loggers(self) -> list | bool:
+        """The run's CSV log and W&B run; none when the method is prepared outside a run."""
+        if self.out is None:
+            return False
+        out: list = [CSVLogger(save_dir=str(Path(self.out.run_dir) / "lightning"), name="",
                                version="lora")]
-        run = getattr(ctx.tracker, "run", None) if ctx.tracker is not None else None
+        tracker = self.out.tracker
+        run = getattr(tracker, "run", None) if tracker is not None else None
         if run is not None:
             # the runner's own W&B run: Lightning logs into it and never finishes it
             out.append(WandbLogger(experiment=run))
@@ -213,6 +223,9 @@ class LoraMethod(Method):
         val_dl = DataLoader(val, batch_size=bs, shuffle=False,
                             collate_fn=lambda b: collate(b, pad), num_workers=0)
         module = LoraModule(self.peft, lr=p["lr"], weight_decay=p["weight_decay"])
+        # Lightning's own folder: the run's, or (outside a run) one that is removed after
+        scratch = tempfile.TemporaryDirectory(prefix="pkt-lora-") if self.out is None else None
+        root = scratch.name if scratch else str(Path(self.out.run_dir) / "lightning")
         trainer = L.Trainer(
             accelerator=self.accelerator, devices=self.devices, strategy=self.strategy,
             precision=p["precision"], max_epochs=int(p["max_epochs"]),
@@ -221,7 +234,7 @@ class LoraMethod(Method):
             callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=int(p["patience"]))],
             logger=self.loggers(), log_every_n_steps=1, enable_checkpointing=False,
             enable_progress_bar=bool(ctx.progress), enable_model_summary=bool(ctx.progress),
-            num_sanity_val_steps=0, default_root_dir=str(Path(ctx.run_dir) / "lightning"),
+            num_sanity_val_steps=0, default_root_dir=root,
             deterministic=False,
         )
         if self.gradient_checkpointing:
@@ -237,6 +250,8 @@ class LoraMethod(Method):
                 model.gradient_checkpointing_disable()
             self.peft.to(device)
             self.peft.eval()
+            if scratch is not None:
+                scratch.cleanup()
         if p["restore_best"]:
             module.restore_best()
         log.info("LoRA: %d steps, final train loss %.4f, best val loss %.4f", trainer.global_step,
