@@ -129,8 +129,9 @@ class Induction:
         # per-layer views, made once (a row lookup per layer and step is not free)
         self._cap_rows = self.cap.unbind(0)
         self._inc_rows = self._inc.unbind(0)
+        self.seed = int(seed)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(int(seed))
+        self.generator.manual_seed(self.seed)
         self.forwards = 0  # hooked forwards that were edited (per layer call)
 
     def _draw(self) -> None:
@@ -178,6 +179,11 @@ class Induction:
             minimum, grad_enabled = torch.minimum, torch.is_grad_enabled
 
             def hook(_mod, _inp, out):
+                if draw and out.shape[-2] > 1:
+                    # a prefill starts a generation: its decode steps draw the masks of the
+                    # seed from the start, so step t of an answer gets the same mask alone,
+                    # in any batch, and through any front door
+                    self.generator.manual_seed(self.seed)
                 if decode_only and out.shape[-2] > 1:
                     return None
                 if grad_enabled():

@@ -20,7 +20,7 @@ from pkt import hydra_setup  # noqa: F401 (pkt's config resolvers)
 from pkt.errors import PktError
 from pkt.resources import CONF_DIR
 
-SERVE_KEYS = ("host", "port", "identify", "n_search", "search_max_new_tokens", "max_tokens",
+SERVE_KEYS = ("host", "port", "identify", "n_search", "search_max_new_tokens", "params", "max_tokens",
               "method", "temperature", "repetition_penalty", "preload", "cache_size",
               "log_level")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -99,6 +99,20 @@ def settings_from_cfg(cfg: DictConfig):
             parse_shorthand(str(p), method, "serve.preload")
         except PktError as e:
             raise PktError(f"serve.preload: {e}") from None
+    params = node.get("params") or {}
+    if not isinstance(params, dict) or any(not isinstance(v, dict) for v in params.values()):
+        raise PktError(f"serve.params must map a method to its parameters, e.g. "
+                       f"{{neuron: {{strength: 1.5}}}}, got {params!r}")
+    for name, values in params.items():
+        if name not in served_methods():
+            raise PktError(f"unknown method serve.params.{name} (choose from: "
+                           f"{', '.join(served_methods())})")
+        from pkt.validation import check_node
+
+        try:  # the same declarations as the runner's method.* values
+            check_node("method", {"name": name, **values}, name)
+        except PktError as e:
+            raise PktError(f"serve.params.{name}: {e}") from None
     level = node.get("log_level")
     if level not in LOG_LEVELS:
         raise PktError(f"unknown serve.log_level '{level}' (choose from: {', '.join(LOG_LEVELS)})")
@@ -112,6 +126,7 @@ def settings_from_cfg(cfg: DictConfig):
         temperature=_float(node, "temperature", 0.0, 2.0),
         repetition_penalty=_float(node, "repetition_penalty", 0.0, 10.0, lo_open=True),
         seed=seed, cache_size=_int(node, "cache_size", 1), preload=tuple(map(str, preload)),
+        params=params,
         cache_dir=str(cfg.paths.cache_dir))
     return settings, host, port, level
 

@@ -66,6 +66,9 @@ class Settings:
     preload: tuple = ()
     cache_dir: str | None = None
     data_path: str | None = None
+    # per method, its parameters beyond the class defaults (serve.params), e.g.
+    # {"neuron": {"strength": 1.5}}: the same keys as conf/method/<name>.yaml
+    params: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -290,7 +293,7 @@ class Service:
         self.personas = PersonalityCache(lm, settings.identify, settings.n_search,
                                          settings.search_max_new_tokens, settings.seed,
                                          settings.cache_dir, settings.data_path,
-                                         settings.cache_size)
+                                         settings.cache_size, settings.params)
 
     def preload(self, specs) -> None:
         """Identify / compute the personalities ``specs`` (shorthand strings) now."""

@@ -149,8 +149,9 @@ class PersonalityCache:
 
     def __init__(self, lm, identify: bool = True, n_search: int | None = None,
                  search_max_new_tokens: int | None = None, seed: int = 0, cache_dir=None,
-                 data_path=None, max_size: int = 64):
+                 data_path=None, max_size: int = 64, params: dict | None = None):
         self.lm, self.identify, self.n_search = lm, identify, n_search
+        self.params = dict(params or {})
         self.search_max_new_tokens, self.seed = search_max_new_tokens, seed
         self.cache_dir, self.data_path, self.max_size = cache_dir, data_path, max_size
         self.items: OrderedDict[tuple, object] = OrderedDict()
@@ -174,7 +175,7 @@ class PersonalityCache:
         import pkt
         from pkt.neurons.identify import NotIdentified
 
-        params = {}
+        params = dict(self.params.get(spec.method) or {}) if spec.profile else {}
         if self.search_max_new_tokens is not None and spec.method in ("neuron", "lora"):
             params["search_gen"] = {"max_new_tokens": self.search_max_new_tokens}
         try:
