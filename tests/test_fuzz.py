@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pkt.errors import PktError
 from pkt.generation import GenConfig
+from pkt.methods import registry
 from pkt.models import TinyRandomModel
 from pkt.run import config_groups, user_error
 from pkt.validation import validate
@@ -98,7 +99,7 @@ def _annotation_kinds(target: str | None, key: str) -> set[str]:
     """number / string / bool / list, as far as the parameter's annotation says."""
     if not target:
         return set()
-    obj = get_object(target)
+    obj = get_object(target) if isinstance(target, str) else target
     fn = obj.__init__ if isinstance(obj, type) else obj
     p = inspect.signature(obj).parameters.get(key)
     if p is None:
@@ -153,7 +154,7 @@ def with_override(case: Case) -> DictConfig:
 
 def _node_cases(group: str, prefix: str, extra: list[str]) -> list[Case]:
     node = OmegaConf.to_container(OmegaConf.select(_base(tuple(extra)), prefix), resolve=True)
-    target = node.get("_target_")
+    target = registry.method_class(node["name"]) if prefix == "method" else node.get("_target_")
     out = []
     for key, v in node.items():
         if str(key).startswith("_") or key == "judge":
@@ -208,7 +209,7 @@ def _lora_library_checks(m) -> None:
               accumulate_grad_batches=int(p["accumulate_grad_batches"]),
               callbacks=[EarlyStopping(monitor="val_loss", patience=int(p["patience"]))],
               logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, default_root_dir=str(m.ctx.run_dir / "lightning"))
+              enable_model_summary=False, default_root_dir=str(m.ctx.cache_dir / "lightning"))
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=float(p["lr"]),
                       weight_decay=float(p["weight_decay"]))
 
@@ -230,7 +231,8 @@ def _own_checks(case: Case, cfg: DictConfig, lm, tmp: Path) -> None:
         return
     ctx = openness_context(lm, ["Q?"], {"high": ["h"], "low": ["l"]}, tmp,
                            GenConfig.from_cfg(cfg.gen))
-    m = instantiate(cfg.method, _partial_=True, _recursive_=False, _convert_="all")(ctx=ctx)
+    node = OmegaConf.to_container(cfg.method, resolve=True)
+    m = registry.method_class(node.pop("name"))(ctx, **node)
     if m.name == "neuron":  # selection and induction, on one neuron per aspect
         from pkt.neurons.select import NeuronSet, resolve_k
 

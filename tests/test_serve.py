@@ -140,7 +140,7 @@ def test_greedy_equals_pkt_generate(srv, lm):
     induced = srv.text(model="tiny_random+extraversion:high:2", max_tokens=24)
     with srv.service.lock:
         p = pkt.personality(lm, "extraversion:high:2", cache=srv.service.settings.cache_dir,
-                            n_search=4, max_new_tokens=8)
+                            n_search=4, search_gen={"max_new_tokens": 8})
         with p.apply():
             ref2 = generate(lm.model, lm.tokenizer, [chat_prompt(lm.tokenizer, p.rewrite(Q))],
                             GenConfig(24, 1, 1.15), progress=False)[0]
@@ -367,7 +367,7 @@ def test_cli_config_errors():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="serve", overrides=["model=tiny_random"])
         s, host, port, _ = settings_from_cfg(cfg)
-        assert (host, port, s.n_search, s.method, s.identify) == ("127.0.0.1", 8000, 48,
+        assert (host, port, s.n_search, s.method, s.identify) == ("127.0.0.1", 8000, None,
                                                                   "neuron", True)
         for override, msg in bad:
             cfg = compose(config_name="serve", overrides=["model=tiny_random", override])
