@@ -178,14 +178,20 @@ class ArtifactStore:
         return self.root / kind / key_hash(key)
 
     def load(self, kind: str, key: dict) -> Path | None:
-        """The artifact's directory if a valid one with exactly this key exists, else None."""
+        """The artifact's directory if a valid one with exactly this key exists, else None
+        (a damaged one, or one made for another key, is a warning and counts as absent)."""
         p = self.path(kind, key)
         if not p.exists():
             return None
-        meta = read_meta(p, kind)
-        if meta.get("key") != json.loads(json.dumps(key, default=str)):
-            raise PktError(f"artifact {p} was made for a different key (model, data or "
-                           f"parameters differ); delete it or pass method.recompute=true")
+        try:
+            meta = read_meta(p, kind)  # format, kind and every file's hash
+            if meta.get("key") != json.loads(json.dumps(key, default=str)):
+                raise PktError(f"artifact {p} was made for a different key")
+        except PktError as e:
+            # a cache entry is checked when loaded: a bad one is never used, it is computed
+            # again (and the new one replaces it)
+            log.warning("%s; computing it again", str(e).split("; ")[0])
+            return None
         return p
 
     def cached_json(self, kind: str, key: dict, compute: Callable[[], object],

@@ -268,12 +268,12 @@ def test_artifact_cache_hit_miss_mismatch_corrupt(tmp_path):
     meta = json.loads((p / "meta.json").read_text())
     meta["key"]["model_fingerprint"] = "zzz"
     (p / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(PktError, match="different key"):
-        store.load("statistics", key)
+    assert store.load("statistics", key) is None  # not used: computed again
     p = store.save("statistics", key, write)
+    assert store.load("statistics", key) == p
     (p / "x.txt").write_text("pay")  # truncated
-    with pytest.raises(PktError, match="corrupt artifact .* truncated"):
-        store.load("statistics", key)
+    assert store.load("statistics", key) is None  # not used: computed again
+    assert store.load("statistics", key) is None and len(calls) == 2
     # an interrupted write never publishes a directory
     def boom(d):
         (d / "x.txt").write_text("half")

@@ -10,13 +10,15 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from pkt import prompts
-from pkt.artifacts import ArtifactStore, key_hash, write_json_atomic
+from pkt.artifacts import ArtifactStore, key_hash
 from pkt.dataset import Bench
 from pkt.errors import PktError
+from pkt.faults import fault_point
 from pkt.generation import GenConfig, GenStats, chat_prompt, generate, identification_dtype
 from pkt.hooks import Scope
 from pkt.models import LoadedModel
@@ -68,30 +70,75 @@ def _checkpoint_dir(store: ArtifactStore, key: dict) -> Path:
     return store.root / "partial" / key_hash(key)
 
 
+CHECKPOINT_VERSION = 2  # one file per aspect (version 1 was two files, written in turn)
+
+
+def _checkpoint_file(ck: Path, aspect: str) -> Path:
+    return ck / f"{aspect}.ckpt.safetensors"
+
+
+def _read_checkpoint(ck: Path, aspect: str) -> tuple[dict, dict] | None:
+    """(tensors, metadata) of one aspect's checkpoint file, or None when there is none."""
+    f = _checkpoint_file(ck, aspect)
+    if not f.is_file():
+        return None
+    with safe_open(str(f), framework="pt") as h:
+        meta = json.loads(h.metadata()["pkt"])
+        tensors = {k: h.get_tensor(k) for k in h.keys()}
+    return tensors, meta
+
+
+def checkpoint_problem(t: dict, meta: dict, stats: ActivationStats) -> str | None:
+    """Why a checkpoint cannot be the statistics of its answers (None: consistent). Every
+    recorded token falls in exactly one bin of every neuron, so each neuron's bins add up
+    to the token count; the answers it lists account for the same tokens."""
+    hist = t.get("hist")
+    if hist is None or tuple(hist.shape) != tuple(stats.hist.shape):
+        return f"histogram shape {None if hist is None else tuple(hist.shape)}"
+    tokens = int(meta["tokens"])
+    per_neuron = hist.to(torch.int64).view(stats.n_layers, stats.width, -1).sum(-1)
+    if tokens < 0 or not bool((per_neuron == tokens).all()):
+        return f"bins do not add up to its {tokens} tokens"
+    counted = sum(len(d["response_ids"]) for d in meta["done"])
+    if counted != tokens:
+        return f"its answers hold {counted} tokens, its histogram {tokens}"
+    return None
+
+
 def _load_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats,
                      batch_size: int) -> list[dict]:
     """Restore one aspect's histogram and answers from ``ck``; returns the answers done.
 
-    A checkpoint made with another batch size is not used (its batches, hence its float
-    rounding, would differ from the rest of the run's).
+    The checkpoint is one file (histogram, sums and the answers it covers, written
+    atomically) and is checked before use: one that is unreadable or inconsistent is a
+    warning and is not used (identification starts that aspect again). A checkpoint made
+    with another batch size is not used either (its batches, hence its float rounding,
+    would differ from the rest of the run's).
     """
-    meta_f = ck / f"{aspect}.json"
-    if not meta_f.is_file():
-        return []
     try:
-        meta = json.loads(meta_f.read_text())
-        if meta.get("key") != json.loads(json.dumps(key, default=str)) or \
+        got = _read_checkpoint(ck, aspect)
+        if got is None:
+            return []
+        t, meta = got
+        if meta.get("version") != CHECKPOINT_VERSION or \
+                meta.get("key") != json.loads(json.dumps(key, default=str)) or \
                 meta.get("batch_size") != batch_size:
             log.info("not resuming from %s: made for another key or batch size", ck)
             return []
-        t = load_file(str(ck / f"{aspect}.safetensors"))
+        bad = checkpoint_problem(t, meta, stats)
+        if bad:
+            log.warning("not resuming from the %s checkpoint in %s: %s; answering it again",
+                        aspect, ck, bad)
+            return []
         stats.hist.copy_(t["hist"].to(stats.hist.device, torch.int64).view_as(stats.hist))
         stats.sum.copy_(t["sum"])
         stats.sumsq.copy_(t["sumsq"])
         stats.tokens = int(meta["tokens"])
         return list(meta["done"])
-    except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError):
-        log.warning("ignoring an unreadable identification checkpoint in %s", ck)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError,
+            SafetensorError) as e:
+        log.warning("ignoring an unreadable identification checkpoint in %s (%s)", ck,
+                    type(e).__name__)
         stats.hist.zero_()
         stats.sum.zero_()
         stats.sumsq.zero_()
@@ -101,15 +148,19 @@ def _load_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats,
 
 def _save_checkpoint(ck: Path, key: dict, aspect: str, stats: ActivationStats,
                      done: list[dict], batch_size: int) -> None:
-    """Histogram first, then the answers that it covers (each file replaced atomically)."""
+    """The histogram, sums and the answers they cover in ONE file, replaced atomically: a
+    process killed at any point leaves the previous checkpoint or this one, never a mix."""
     ck.mkdir(parents=True, exist_ok=True)
-    tmp = ck / f".{aspect}.safetensors.tmp"
+    f = _checkpoint_file(ck, aspect)
+    tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+    meta = {"version": CHECKPOINT_VERSION, "key": key, "batch_size": batch_size,
+            "tokens": stats.tokens, "done": done}
     # counts per bin stay far below 2**31 for any realistic search split
     save_file({"hist": stats.hist.to(torch.int32).cpu(), "sum": stats.sum.cpu(),
-               "sumsq": stats.sumsq.cpu()}, str(tmp))
-    os.replace(tmp, ck / f"{aspect}.safetensors")
-    write_json_atomic(ck / f"{aspect}.json", {"key": key, "batch_size": batch_size,
-                                              "tokens": stats.tokens, "done": done})
+               "sumsq": stats.sumsq.cpu()}, str(tmp),
+              metadata={"pkt": json.dumps(meta, default=str, ensure_ascii=False)})
+    fault_point("checkpoint.written")
+    os.replace(tmp, f)
 
 
 def _answer_aspect(lm: LoadedModel, model, bench: Bench, aspect: str, seed: int,
@@ -234,8 +285,9 @@ def _answer_in_workers(lm: LoadedModel, model, bench: Bench, seed: int, gen: Gen
         kept = []
         for aspect in ASPECTS:
             try:
-                n_done = len(json.loads((checkpoint / f"{aspect}.json").read_text())["done"])
-            except (OSError, ValueError, KeyError):
+                got = _read_checkpoint(checkpoint, aspect)
+                n_done = len(got[1]["done"]) if got else 0
+            except (OSError, ValueError, KeyError, SafetensorError):
                 n_done = 0
             kept.append(f"{n_done} of {len(bench.search)} persona answers ({aspect})")
         raise Interrupted(f"interrupted: kept {' and '.join(kept)} in {checkpoint}; "
@@ -296,8 +348,16 @@ def load_or_compute(store: ArtifactStore, lm: LoadedModel, bench: Bench, seed: i
     key = stats_key(lm, bench, seed, gen)
     path = None if recompute else store.load("statistics", key)
     if path is not None:
-        log.info("reusing cached neuron statistics %s", path)
-        return read_statistics(path), path, True
+        try:
+            st = read_statistics(path)
+            bad = statistics_problem(st, lm)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+            st, bad = None, f"unreadable ({type(e).__name__})"
+        if bad is None:
+            log.info("reusing cached neuron statistics %s", path)
+            return st, path, True
+        log.warning("cached neuron statistics %s are not usable (%s): computing them again",
+                    path, bad)
     if not compute:
         raise NotIdentified(f"{bench.trait} is not identified yet for {lm.name} with these "
                             f"settings ({len(bench.search)} search questions, "
@@ -317,6 +377,24 @@ def load_or_compute(store: ArtifactStore, lm: LoadedModel, bench: Bench, seed: i
     path = store.save("statistics", key, write, extra={"tokens": tokens})
     shutil.rmtree(ck, ignore_errors=True)
     return st, path, False
+
+
+def statistics_problem(st: dict, lm: LoadedModel) -> str | None:
+    """Why cached statistics cannot be used (None: they can): shapes of this model, counts
+    within 0..tokens, one answer per search question and aspect."""
+    n_layers, width = shape(lm.model)
+    for a in ASPECTS:
+        c, tokens = st.get(f"{a}.counts"), st.get(f"{a}.tokens")
+        if c is None or tokens is None:
+            return f"no {a} counts"
+        if tuple(c.shape) != (n_layers, width):
+            return f"{a} counts of shape {tuple(c.shape)}, the model has {(n_layers, width)}"
+        if int(tokens) < 1 or bool((c < 0).any()) or bool((c > int(tokens)).any()):
+            return f"{a} counts outside 0..{int(tokens)} tokens"
+    n = {a: sum(r["aspect"] == a for r in st["responses"]) for a in ASPECTS}
+    if n["high"] != n["low"]:
+        return f"{n['high']} high and {n['low']} low answers"
+    return None
 
 
 def read_statistics(path: Path) -> dict:

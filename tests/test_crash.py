@@ -1,0 +1,75 @@
+"""Crash-consistent artifacts: a process killed between two writes of identification (a
+fault injected at the write boundary, as ``kill -9`` would), a checkpoint whose parts do not
+belong together, and damaged cached statistics are never used: the next run recomputes
+what it must and caches exactly the statistics of a run that was never interrupted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from tests.conftest import run_dirs, run_pkt
+
+TINY = ["model=tiny_random", "method=neuron", "trait=openness", "data.n_search=8",
+        "data.n_test=1", "search_gen.batch_size=2", "search_gen.max_new_tokens=6",
+        "search_gen.workers=1", "gen.max_new_tokens=4", "eval=none", "logger=none"]
+
+
+def _stats_file(cache: Path) -> Path:
+    (f,) = (cache / "artifacts" / "statistics").glob("*/statistics.safetensors")
+    return f
+
+
+def _digest(cache: Path) -> str:
+    return hashlib.sha256(_stats_file(cache).read_bytes()).hexdigest()
+
+
+def _run(tmp: Path, cache: Path, fault: str | None = None):
+    return run_pkt(TINY, tmp, cache, env_extra={"PKT_FAULT": fault} if fault else {})
+
+
+def test_a_kill_at_a_write_boundary_or_a_mixed_checkpoint_is_never_used(tmp_path):
+    clean = tmp_path / "clean"
+    r = _run(tmp_path / "a", clean)
+    assert r.returncode == 0, r.stderr[-2000:]
+    want = _digest(clean)
+    metrics = json.loads((run_dirs(tmp_path / "a")[0] / "metrics.json").read_text())
+
+    # killed after the second chunk's checkpoint was written, before it was published
+    cache = tmp_path / "killed"
+    r = _run(tmp_path / "b", cache, fault="checkpoint.written@2")
+    assert r.returncode != 0 and not (cache / "artifacts" / "statistics").exists()
+    (partial,) = (cache / "artifacts" / "partial").iterdir()
+    assert (partial / "high.ckpt.safetensors").is_file()  # the first chunk's
+    r = _run(tmp_path / "c", cache)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming identification (high): 4 of 8" in r.stdout + r.stderr
+    assert _digest(cache) == want  # the same statistics as the run never killed
+
+    # a checkpoint whose answers are not the ones its histogram counted: not used
+    cache = tmp_path / "mixed"
+    r = _run(tmp_path / "d", cache, fault="checkpoint.written@2")
+    (f,) = (cache / "artifacts" / "partial").glob("*/high.ckpt.safetensors")
+    with safe_open(str(f), framework="pt") as h:
+        meta = json.loads(h.metadata()["pkt"])
+        tensors = {k: h.get_tensor(k) for k in h.keys()}
+    meta["done"] = meta["done"][:-1]  # one answer less than the histogram counted
+    save_file(tensors, str(f), metadata={"pkt": json.dumps(meta)})
+    r = _run(tmp_path / "e", cache)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "not resuming from the high checkpoint" in r.stdout + r.stderr
+    assert _digest(cache) == want
+
+    # damaged cached statistics: a warning, computed again, never used
+    f = _stats_file(clean)
+    f.write_bytes(f.read_bytes()[:200])
+    r = _run(tmp_path / "f", clean)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "computing it again" in r.stdout + r.stderr
+    assert _digest(clean) == want
+    again = json.loads((run_dirs(tmp_path / "f")[0] / "metrics.json").read_text())
+    assert again["neurons_high"] == metrics["neurons_high"] and again["neuron_stats_cached"] is False
