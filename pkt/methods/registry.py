@@ -50,6 +50,13 @@ def method_class(name: str) -> type[Method]:
     return lookup(name)[0]
 
 
+def accepts(name: str, param: str) -> bool:
+    """Whether method ``name`` takes the parameter ``param`` (e.g. ``search_gen``)."""
+    import inspect
+
+    return param in inspect.signature(method_class(name)).parameters
+
+
 def profile_methods() -> list[str]:
     """The methods that compose a profile of several traits."""
     return [n for n in METHODS if lookup(n)[0].profile_support is True]

@@ -173,10 +173,12 @@ class PersonalityCache:
 
     def _build(self, spec: Spec, progress: bool):
         import pkt
+        from pkt.methods import registry
         from pkt.neurons.identify import NotIdentified
 
         params = dict(self.params.get(spec.method) or {}) if spec.profile else {}
-        if self.search_max_new_tokens is not None and spec.method in ("neuron", "lora"):
+        if self.search_max_new_tokens is not None and spec.profile and \
+                registry.accepts(spec.method, "search_gen"):
             params["search_gen"] = {"max_new_tokens": self.search_max_new_tokens}
         try:
             pers = pkt.personality(self.lm, spec.profile, spec.method, seed=self.seed,
