@@ -107,7 +107,7 @@ def test_interrupted_identification_resumes_to_the_same_result(spread_tiny, tmp_
     with pytest.raises(identify.Interrupted, match=r"kept 8 of 12 persona answers \(high\)"):
         identify.load_or_compute(store, lm, bench, 0, gen, progress=False)
     key = identify.stats_key(lm, bench, 0, gen)
-    assert (identify._checkpoint_dir(store, key) / "high.json").is_file()
+    assert (identify._checkpoint_dir(store, key) / "high.ckpt.safetensors").is_file()
     assert store.load("statistics", key) is None  # no half-made artifact
     calls["n"] = -100
     resumed, path, hit = identify.load_or_compute(store, lm, bench, 0, gen, progress=False)
