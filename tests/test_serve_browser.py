@@ -47,7 +47,8 @@ def test_chat_page_slider_message_answer_screenshot(tmp_path):
             assert t1 and t2 and t1 != t2
             assert "identified extraversion" in n1 and "24 tokens" in n1
             h = s.healthy()
-            assert h["completed"] == 2 and h["identified"] == ["extraversion"]
+            assert h["completed"] == 2 and h["identified"] == [{"trait": "extraversion",
+                                                                "method": "neuron"}]
             png = b.screenshot(tmp_path / "chat.png")
             data = png.read_bytes()
             assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
