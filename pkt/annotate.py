@@ -91,8 +91,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pkt import cli as cmdline
+
     args = parser().parse_args(argv)
-    try:
+
+    def work() -> None:
         if args.command == "make":
             m = make_packet(args.run_dirs, args.out, per_condition=args.per_condition,
                             seed=args.seed, force=args.force, traits=args.traits)
@@ -101,13 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             fig = score_packet(args.packet_dir, args.ratings, args.names, args.skip_invalid)
             print(fig["outputs"]["md"])
-    except PktError as e:
-        print(f"pkt: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"pkt: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
-    return 0
+
+    return cmdline.guarded(work)
 
 
 def cli() -> None:

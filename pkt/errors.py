@@ -7,12 +7,13 @@ never as a traceback. Exit codes (the same for ``pkt.run``, ``pkt.serve``, ``pkt
 
 from __future__ import annotations
 
-# exit codes of every pkt command
+# exit codes of every pkt command (pkt.cli applies them)
 EXIT = {
     "ok": 0,
-    "error": 1,  # a run that started failed (bad data, a model that will not load, ...)
-    "usage": 2,  # a bad command line or config value, found before any work started
-    "interrupted": 130,  # Ctrl-C or SIGTERM
+    "bug": 1,  # an unexpected failure: Python's traceback
+    "usage": 2,  # a user error: bad command line, config value, data, artifact, endpoint
+    "interrupted": 130,  # Ctrl-C
+    "terminated": 143,  # SIGTERM (timeout, kill, a scheduler)
 }
 
 
@@ -20,5 +21,3 @@ class PktError(Exception):
     """A user-facing error: reported as one line, never as a traceback."""
 
 
-class UsageError(PktError):
-    """A bad command line or config value, found before any work (exit status 2)."""

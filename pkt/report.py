@@ -409,16 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                     "or <run dir>/report)")
     ap.add_argument("--title", help="report title")
     args = ap.parse_args(argv)
-    try:
-        md = build_report(args.paths, out=args.out, title=args.title)
-    except PktError as e:
-        print(f"pkt: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"pkt: error: cannot write report: {e}", file=sys.stderr)
-        return 2
-    print(md)
-    return 0
+    from pkt import cli as cmdline
+
+    return cmdline.guarded(lambda: print(build_report(args.paths, out=args.out,
+                                                      title=args.title)))
 
 
 if __name__ == "__main__":

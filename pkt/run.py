@@ -20,7 +20,7 @@ NOT_KEPT = "interrupted (nothing of this run was kept as a result)"
 def _interrupted_while_starting(signum, frame) -> None:
     """Ctrl-C while the modules below load (seconds): nothing exists yet to clean up."""
     os.write(2, f"pkt: error: {NOT_KEPT}\n".encode())
-    os._exit(130)
+    os._exit(130)  # pkt.errors.EXIT["interrupted"], not imported yet
 
 
 # installed before the heavy imports (torch, transformers) so that an early Ctrl-C is one
@@ -44,13 +44,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pkt import cli as cmdline
 from pkt import (
     hydra_setup,  # noqa: F401 (pkt's config resolvers)
     profiles,
 )
 from pkt import records as records_io
 from pkt.artifacts import write_json_atomic
-from pkt.errors import PktError
+from pkt.errors import EXIT, PktError
 from pkt.generation import GenConfig
 from pkt.methods import Outputs, registry
 from pkt.records import make_record
@@ -65,46 +66,10 @@ PACKAGES = ("pkt", "torch", "transformers", "hydra-core", "omegaconf", "peft", "
             "wandb", "accelerate", "safetensors", "gguf", "sentence-transformers", "numpy")
 
 
-def config_groups() -> dict[str, list[str]]:
-    out = {}
-    for d in sorted(CONF_DIR.iterdir()):
-        if d.is_dir() and d.name != "hydra":
-            out[d.name] = sorted(p.stem for p in d.glob("*.yaml"))
-    return out
-
-
-# Hydra's own command-line flags: those that take a value, and those that take none
-HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name",
-                     "-cn", "--config-dir", "-cd", "--experimental-rerun", "--shell-completion",
-                     "-sc"}
-HYDRA_OPTIONAL_VALUE_FLAGS = {"--info", "-i"}
-HYDRA_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--resolve", "--run", "-r",
-               "--multirun", "-m"} | HYDRA_VALUE_FLAGS | HYDRA_OPTIONAL_VALUE_FLAGS
-
-
-def check_words(argv: list[str], prog: str, example: str) -> None:
-    """Options Hydra does not know (``--trait openness``) and bare words (``trait openness``):
-    one line that says how overrides are written, instead of Hydra's parser errors."""
-    takes_value = False
-    for arg in argv:
-        if takes_value:
-            takes_value = False
-            if not arg.startswith("-"):
-                continue
-        if arg.startswith("-"):
-            flag = arg.partition("=")[0]
-            if flag not in HYDRA_FLAGS:
-                raise PktError(f"unknown option '{flag}': {prog} takes Hydra overrides written "
-                               f"key=value, e.g. {example} ({prog} --help lists the config)")
-            takes_value = flag in HYDRA_VALUE_FLAGS | HYDRA_OPTIONAL_VALUE_FLAGS and "=" not in arg
-        elif "=" not in arg and not arg.startswith("~"):
-            raise PktError(f"'{arg}' is not an override: write key=value, e.g. {example}")
-
-
 def preflight(argv: list[str]) -> None:
     """Reject unknown config choices (trait=nonsense, ...) with one clear line, before Hydra."""
-    check_words(argv, "python -m pkt.run", "trait=openness")
-    groups = config_groups()
+    cmdline.check_words(argv, "python -m pkt.run", "trait=openness")
+    groups = cmdline.config_groups()
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
@@ -122,17 +87,7 @@ def preflight(argv: list[str]) -> None:
                 if v not in ASPECTS:
                     raise PktError(f"unknown aspect '{v}' (choose from: high, low)")
         if key in ("paths.output_dir", "hydra.run.dir", "hydra.sweep.dir") and "$" not in value:
-            check_writable(Path(value))
-
-
-def check_writable(path: Path) -> None:
-    """The output folder (or its first existing ancestor) must be a writable directory."""
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
-        raise PktError(f"output folder is not writable: {path} ({p} is "
-                       f"{'not a directory' if not p.is_dir() else 'read-only'})")
+            cmdline.check_writable(Path(value))
 
 
 @contextmanager
@@ -291,7 +246,7 @@ def run(cfg: DictConfig) -> dict:
                 metrics.update(evaluator.evaluate(ctx, method, records, gens))
         except BaseException as e:
             metrics["evaluation_error"] = ("interrupted" if isinstance(e, KeyboardInterrupt)
-                                           else str(user_error(e) or type(e).__name__))
+                                           else str(cmdline.user_error(e) or type(e).__name__))
             metrics["timings"] = timings
             write_generations()  # kept, with whatever scores were attached so far
             records_io.write_metrics(run_dir, metrics)
@@ -307,7 +262,7 @@ def run(cfg: DictConfig) -> dict:
         ok = True
         return metrics
     except BaseException as e:
-        stopped = isinstance(e, KeyboardInterrupt) or is_interrupt(user_error(e))
+        stopped = isinstance(e, KeyboardInterrupt) or is_interrupt(cmdline.user_error(e))
         raise
     finally:
         finish_tracker(tracker, 0 if ok else 130 if stopped else 1)
@@ -326,37 +281,14 @@ def finish_tracker(tracker, exit_code: int) -> None:
                     str(e).strip().splitlines()[0] if str(e).strip() else "")
 
 
-def user_error(e: BaseException) -> PktError | None:
-    """The PktError behind ``e`` (Hydra wraps errors raised inside ``instantiate``)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, PktError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
-
-
 def is_interrupt(err: PktError | None) -> bool:
-    """A PktError that stands for Ctrl-C (identification's, which says what it kept)."""
+    """A PktError that stands for Ctrl-C or SIGTERM (identification's, which says what it
+    kept)."""
     if err is None:
         return False
     from pkt.neurons.identify import Interrupted
 
     return isinstance(err, Interrupted)
-
-
-def close_progress_bars() -> None:
-    """End every open tqdm bar with its newline, so that the error line is a line of its own."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return
-    for bar in list(getattr(tqdm, "_instances", ())):
-        try:
-            bar.close()
-        except Exception:
-            pass
 
 
 def what_was_kept(run_dir: Path | None) -> str:
@@ -369,50 +301,47 @@ def what_was_kept(run_dir: Path | None) -> str:
     return NOT_KEPT
 
 
-def interrupted(message: str) -> SystemExit:
-    close_progress_bars()
-    print(f"pkt: error: {message}", file=sys.stderr, flush=True)
-    return SystemExit(130)
+def write_error(run_dir: Path | None, message: str) -> None:
+    """A failed run leaves its log and ``error.txt`` (the one line), never metrics.json."""
+    if run_dir is None or not run_dir.is_dir():
+        return
+    try:
+        (run_dir / "error.txt").write_text(message + "\n", encoding="utf-8")
+    except OSError:
+        pass
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig):
     try:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    except Exception:
+        run_dir = None
+    try:
         run(cfg)
-    except KeyboardInterrupt:
-        try:
-            run_dir = Path(HydraConfig.get().runtime.output_dir)
-        except Exception:
-            run_dir = None
-        raise interrupted(what_was_kept(run_dir)) from None
+    except KeyboardInterrupt as e:
+        message = what_was_kept(run_dir)
+        write_error(run_dir, message)
+        raise cmdline.fail(message, cmdline.interrupt_code(e)) from None
     except Exception as e:
-        err = user_error(e)
+        err = cmdline.user_error(e)
         if err is None:
             raise
+        write_error(run_dir, str(err))
         if is_interrupt(err):
-            raise interrupted(str(err)) from None
-        close_progress_bars()
-        print(f"pkt: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-
-def preflight_or_exit(argv: list[str], check=preflight) -> None:
-    """``check(argv)``; a PktError is one line on stderr and exit status 2."""
-    try:
-        check(argv)
-    except PktError as e:
-        print(f"pkt: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+            raise cmdline.fail(str(err), getattr(err, "code", EXIT["interrupted"])) from None
+        raise cmdline.fail(str(err)) from None
 
 
 def cli() -> None:
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    cmdline.handle_sigterm()
     try:
-        preflight_or_exit(sys.argv[1:])
+        cmdline.preflight_or_exit(sys.argv[1:], preflight)
         main()
-    except KeyboardInterrupt:  # outside a job: composing the config, Hydra's own work
-        raise interrupted(NOT_KEPT) from None
+    except KeyboardInterrupt as e:  # outside a job: composing the config, Hydra's own work
+        raise cmdline.fail(NOT_KEPT, cmdline.interrupt_code(e)) from None
 
 
 if __name__ == "__main__":

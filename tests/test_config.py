@@ -4,9 +4,10 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from pkt.cli import config_groups
 from pkt.errors import PktError
 from pkt.methods import registry
-from pkt.run import config_groups, preflight
+from pkt.run import preflight
 from tests.conftest import compose_cfg
 
 GROUPS = config_groups()

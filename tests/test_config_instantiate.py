@@ -8,10 +8,10 @@ import pytest
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
+from pkt.cli import config_groups
 from pkt.eval.judge import LocalJudge, OpenAIJudge
 from pkt.generation import GenConfig
 from pkt.methods import registry
-from pkt.run import config_groups
 from tests.conftest import CONF, compose_cfg, openness_context
 
 METHODS = config_groups()["method"]

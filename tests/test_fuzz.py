@@ -33,11 +33,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pkt.cli import config_groups, user_error
 from pkt.errors import PktError
 from pkt.generation import GenConfig
 from pkt.methods import registry
 from pkt.models import TinyRandomModel
-from pkt.run import config_groups, user_error
 from pkt.validation import validate
 from tests.conftest import CONF, MODEL_CACHE, ROOT, openness_context
 

@@ -22,6 +22,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import pkt.run as runner
+from pkt.cli import config_groups
 from pkt.dataset import load_bench
 from pkt.errors import PktError
 from pkt.eval import Evaluation, check_judged
@@ -29,7 +30,6 @@ from pkt.eval.judge import OpenAIJudge
 from pkt.generation import GenConfig
 from pkt.methods import registry
 from pkt.neurons.release import import_release
-from pkt.run import config_groups
 from pkt.validation import validate
 from tests.conftest import (
     MODEL_CACHE,
@@ -54,10 +54,12 @@ def check(overrides: list[str]) -> None:
 
 
 def results_left(tmp_path: Path) -> list[Path]:
-    """Files of a run other than Hydra's own (.hydra/, run.log)."""
+    """Files of a run other than Hydra's own (.hydra/, run.log) and a failed run's
+    error.txt (its one error line)."""
     out = tmp_path / "out"
     return [p for p in out.rglob("*") if p.is_file()
-            and ".hydra" not in p.relative_to(out).parts and p.name != "run.log"]
+            and ".hydra" not in p.relative_to(out).parts
+            and p.name not in ("run.log", "error.txt")]
 
 
 def one_error(r) -> str:
@@ -437,6 +439,8 @@ def test_cli_bad_strength_is_one_line_before_the_model(tmp_path):
                             "'auto' or null, got 'abc'")
     assert "test questions" not in r.stdout  # logged once data and model are loaded
     assert not results_left(tmp_path)
+    (err,) = (tmp_path / "out").rglob("error.txt")  # the failed run says why, in one line
+    assert "pkt: error: " + err.read_text().strip() == one_error(r)
 
 
 @pytest.mark.parametrize("bad", ["gen.batch_size=0", "search_gen.max_new_tokens=-1"])

@@ -382,7 +382,7 @@ def test_cli_serves_and_reports_bad_config_in_one_line(tmp_path):
     r = subprocess.run(cmd + ["serve.port=99999"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=120)
     lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert r.returncode == 1 and lines == [
+    assert r.returncode == 2 and lines == [
         "pkt: error: serve.port must be an integer 0..65535, got 99999"], r.stderr
     p = subprocess.Popen(cmd + ["serve.port=0", "serve.log_level=warning"], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -8,7 +8,6 @@ again. Runs scored by an LLM judge are left alone.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from pkt import records as rio
@@ -51,7 +50,9 @@ def main(argv=None) -> int:
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args(argv)
-    try:
+    from pkt import cli as cmdline
+
+    def work() -> None:
         runs = []
         for p in map(Path, args.paths):
             if not p.exists():
@@ -60,12 +61,9 @@ def main(argv=None) -> int:
         if not runs:
             raise PktError("no metrics.json under the given paths")
         n = sum(rescore_run(r, args.cache_dir) for r in runs)
-    except PktError as e:
-        print(f"pkt: error: {e}", file=sys.stderr)
-        return 2
-    print(f"re-scored {n} of {len(runs)} runs")
-    return 0
+        print(f"re-scored {n} of {len(runs)} runs")
 
+    return cmdline.guarded(work)
 
 if __name__ == "__main__":
     raise SystemExit(main())

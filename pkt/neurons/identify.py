@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from pkt import prompts
 from pkt.artifacts import ArtifactStore, key_hash
+from pkt.cli import interrupt_code
 from pkt.dataset import Bench
 from pkt.errors import PktError
 from pkt.faults import fault_point
@@ -63,7 +64,12 @@ CHUNK_BATCHES = 2  # persona-answer batches per checkpoint
 
 
 class Interrupted(PktError):
-    """Identification stopped by the user (Ctrl-C) or a signal; the chunks done are kept."""
+    """Identification stopped by the user (Ctrl-C) or SIGTERM; the chunks done are kept.
+    ``code``: the exit status it stands for (130 or 143)."""
+
+    def __init__(self, message: str, code: int = 130):
+        super().__init__(message)
+        self.code = code
 
 
 def _checkpoint_dir(store: ArtifactStore, key: dict) -> Path:
@@ -197,12 +203,12 @@ def _answer_aspect(lm: LoadedModel, model, bench: Bench, aspect: str, seed: int,
                 _save_checkpoint(checkpoint, key, aspect, stats,
                                  [answers[i] for i in order if i in answers], gen.batch_size)
             bar.update(len(part))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         bar.close()
         raise Interrupted(
             f"interrupted: kept {len(answers)} of {len(texts)} persona answers ({aspect}) "
             + (f"in {checkpoint}; run the same command again to resume" if checkpoint
-               else "(no checkpoint folder: nothing kept)")) from None
+               else "(no checkpoint folder: nothing kept)"), interrupt_code(e)) from None
     bar.close()
     return stats, answers
 
@@ -216,9 +222,39 @@ def resolve_workers(workers, device) -> int:
     return max(1, min(int(workers), len(ASPECTS)))
 
 
-def _aspect_worker(conn, threads: int, *args) -> None:
+def die_with_parent(parent: int) -> None:
+    """This (forked) process ends when ``parent`` does, even by ``kill -9``: the kernel's
+    parent-death signal on Linux, else a thread that watches the parent's pid."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            raise OSError
+    except (OSError, AttributeError):
+        import threading
+        import time
+
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was set
+        os._exit(1)
+
+
+def _aspect_worker(conn, threads: int, parent: int, *args) -> None:
     """A forked worker: one aspect's answers into the shared checkpoint folder; it reports
-    through ``conn`` and never prints a traceback (the parent reports)."""
+    through ``conn`` and never prints a traceback (the parent reports). It dies with its
+    parent; SIGTERM stops it like Ctrl-C (its finished chunks are kept)."""
+    import signal
+
+    die_with_parent(parent)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     torch.set_num_threads(threads)
     gen_stats = GenStats()
     try:
@@ -248,12 +284,13 @@ def _answer_in_workers(lm: LoadedModel, model, bench: Bench, seed: int, gen: Gen
     for k, aspect in enumerate(ASPECTS):
         recv, send = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_aspect_worker, daemon=True,
-                        args=(send, threads, lm, model, bench, aspect, seed, gen, progress,
-                              checkpoint, key, k))
+                        args=(send, threads, os.getpid(), lm, model, bench, aspect, seed, gen,
+                              progress, checkpoint, key, k))
         p.start()
         send.close()
         procs.append((aspect, p, recv))
     results = {}
+    stopped_by = 130
     try:
         for aspect, p, recv in procs:
             try:
@@ -262,7 +299,8 @@ def _answer_in_workers(lm: LoadedModel, model, bench: Bench, seed: int, gen: Gen
                 p.join()
                 results[aspect] = ("error", f"worker process exited with code {p.exitcode}")
             p.join()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        stopped_by = interrupt_code(e)
         for _a, p, _r in procs:
             if p.is_alive():
                 os.kill(p.pid, signal.SIGINT)  # each keeps its finished chunks
@@ -291,7 +329,7 @@ def _answer_in_workers(lm: LoadedModel, model, bench: Bench, seed: int, gen: Gen
                 n_done = 0
             kept.append(f"{n_done} of {len(bench.search)} persona answers ({aspect})")
         raise Interrupted(f"interrupted: kept {' and '.join(kept)} in {checkpoint}; "
-                          f"run the same command again to resume")
+                          f"run the same command again to resume", stopped_by)
 
 
 def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,

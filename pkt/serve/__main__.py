@@ -28,7 +28,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 def preflight(argv: list[str]) -> None:
     """Unknown keys and unknown model choices, in one line each, before Hydra composes."""
-    from pkt.run import check_words, check_writable, config_groups
+    from pkt.cli import check_words, check_writable, config_groups
 
     check_words(argv, "python -m pkt.serve", "serve.port=8080")
     models = config_groups()["model"]
@@ -186,27 +186,17 @@ def serve(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="serve")
 def main(cfg: DictConfig) -> None:
-    from pkt.run import close_progress_bars, user_error
+    from pkt import cli as cmdline
 
-    try:
-        serve(cfg)
-    except KeyboardInterrupt:
-        close_progress_bars()
-        print("pkt: error: interrupted", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
-    except Exception as e:
-        err = user_error(e)
-        if err is None:
-            raise
-        close_progress_bars()
-        print(f"pkt: error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+    code = cmdline.guarded(lambda: serve(cfg))
+    if code:
+        raise SystemExit(code)
 
 
 def cli() -> None:
-    from pkt.run import preflight_or_exit
+    from pkt import cli as cmdline
 
-    preflight_or_exit(sys.argv[1:], preflight)
+    cmdline.preflight_or_exit(sys.argv[1:], preflight)
     main()
 
 
