@@ -251,6 +251,16 @@ def slab_cache(model, kv, capacity: int):
     return Cache(layers=layers)
 
 
+def _sliding_window(cfg) -> int | None:
+    """The smallest attention window of ``cfg``'s sliding-window layers (as transformers
+    builds its cache), or None when it has none."""
+    from transformers import DynamicCache
+
+    sizes = [int(getattr(layer, "sliding_window", 0) or 0)
+             for layer in DynamicCache(config=cfg).layers if getattr(layer, "is_sliding", False)]
+    return min(sizes) if sizes else None
+
+
 def _prefill(model, rows: list[list[int]], device, scope: Scope | None, capacity: int = 0):
     """KV cache, attention mask and last position ids of a batch of prompts.
 
@@ -259,12 +269,24 @@ def _prefill(model, rows: list[list[int]], device, scope: Scope | None, capacity
     pass on top of that cache. Prefixes and rests are left padded, so the attention mask
     has zeros at both paddings; position ids count real tokens only. Returns the logits of
     each row's last prompt position too.
+
+    A model with sliding-window attention layers (Mistral, Gemma 2/3, ...) shares a
+    prefix only when the whole cache (prefix, rest and answer) fits in its window: the
+    window counts cache slots, so the padding between a prefix and a rest would otherwise
+    sit inside it. Without sharing, rows are left padded only, as in transformers'
+    ``generate``, and the window is exact.
     """
     from transformers import DynamicCache
 
-    groups = prefix_groups(rows)
-    pmax = max(p for _s, _e, p in groups)
     cfg = model.config
+    groups = prefix_groups(rows)
+    window = _sliding_window(cfg) if any(p for _s, _e, p in groups) else None
+    if window is not None:
+        need = max(p for _s, _e, p in groups) + \
+            max(len(rows[i]) - p for s, e, p in groups for i in range(s, e)) + capacity
+        if need > window:
+            groups = [(0, len(rows), 0)]
+    pmax = max(p for _s, _e, p in groups)
     kv: list[list[torch.Tensor]] | None = None
     B = len(rows)
     pre_mask = torch.zeros(B, pmax, dtype=torch.long)

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,43 @@ def _finish(name: str, model, tok, device: str) -> LoadedModel:
                        fingerprint=model_fingerprint(model))
 
 
+HUB_PROBE_S = 3.0  # how long a hub reachability check may take
+
+
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_unavailable(timeout: float | None = None) -> str | None:
+    """Why the Hugging Face hub cannot be used now (None: it can): offline mode
+    (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``), or no answer from its endpoint within
+    ``timeout`` seconds (default :data:`HUB_PROBE_S`; one request, proxies honoured, in a
+    thread so that a hanging name lookup is bounded too)."""
+    import threading
+
+    from huggingface_hub import constants
+
+    timeout = HUB_PROBE_S if timeout is None else float(timeout)
+    if _env_on("HF_HUB_OFFLINE") or _env_on("TRANSFORMERS_OFFLINE") or constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    answer: list = []
+
+    def probe():
+        import httpx
+
+        try:
+            httpx.head(endpoint, timeout=timeout)
+            answer.append(True)
+        except Exception:  # no route, no name, refused, timed out, a bad proxy
+            answer.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return None if answer and answer[0] else f"the hub ({endpoint}) cannot be reached"
+
+
 def load_pretrained_dir(path: str, dtype: torch.dtype, device: str, name: str,
                         device_map: str | dict | None = None) -> LoadedModel:
     """Load a causal LM + tokenizer from an HF id or a local directory (the GPU code path).
@@ -133,10 +171,21 @@ def load_pretrained_dir(path: str, dtype: torch.dtype, device: str, name: str,
     kwargs = {"dtype": dtype}
     if device_map:
         kwargs["device_map"] = device_map
+    # a hub id with the hub switched off or out of reach: the Hugging Face cache only (not
+    # ~50 s of retried requests before the same failure)
+    why = None if Path(path).expanduser().is_dir() else hub_unavailable()
+    if why:
+        kwargs["local_files_only"] = True
+        # transformers' look-up of a PEFT adapter does not inherit local_files_only
+        kwargs["adapter_kwargs"] = {"local_files_only": True}
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path, **({"local_files_only": True} if why else {}))
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
+        if why:
+            raise PktError(f"cannot load model '{name}': '{path}' is neither a local folder nor "
+                           f"in the Hugging Face cache, and {why}; set model.path to a local "
+                           f"checkpoint folder (or download it once with network access)") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PktError(f"cannot load model '{name}' from '{path}': {first}") from None
     return _finish(name, model, tok, device if "device_map" not in kwargs else None)
@@ -239,37 +288,87 @@ def byte_tokenizer():
     return tok
 
 
+# Tiny configs of every architecture in pkt.neurons.sites.ARCHITECTURES: (the transformers
+# config class, how it names the sizes TinyRandomModel takes, fixed extras). Gemma-style
+# configs get an explicit head_dim (theirs defaults to 256).
+_SIZE_NAMES = dict(num_layers="num_hidden_layers", hidden_size="hidden_size",
+                   intermediate_size="intermediate_size", num_heads="num_attention_heads",
+                   num_kv_heads="num_key_value_heads")
+_GPT2_NAMES = dict(num_layers="n_layer", hidden_size="n_embd", intermediate_size="n_inner",
+                   num_heads="n_head", num_kv_heads=None)
+TINY_ARCHS: dict[str, tuple[str, dict, dict]] = {
+    "llama": ("LlamaConfig", _SIZE_NAMES, {}),
+    "mistral": ("MistralConfig", _SIZE_NAMES, {}),
+    "qwen2": ("Qwen2Config", _SIZE_NAMES, {}),
+    "qwen3": ("Qwen3Config", _SIZE_NAMES, {"head_dim": None}),
+    "gemma": ("GemmaConfig", _SIZE_NAMES, {"head_dim": None}),
+    "gemma2": ("Gemma2Config", _SIZE_NAMES, {"head_dim": None}),
+    "gemma3_text": ("Gemma3TextConfig", _SIZE_NAMES, {"head_dim": None}),
+    "olmo2": ("Olmo2Config", _SIZE_NAMES, {}),
+    "phi3": ("Phi3Config", _SIZE_NAMES, {}),
+    "gpt2": ("GPT2Config", _GPT2_NAMES, {"n_positions": 2048}),
+}
+
+
 class TinyRandomModel:
-    """A tiny randomly initialised Llama (seeded) with the byte tokenizer, for tests."""
+    """A tiny randomly initialised model (seeded) with the byte tokenizer, for tests.
+
+    ``arch`` is a model type of :data:`TINY_ARCHS` (one per supported architecture in
+    :mod:`pkt.neurons.sites`); the default ``llama`` is the project's test model.
+    """
 
     def __init__(self, name: str = "tiny_random", num_layers: int = 2, hidden_size: int = 64,
                  intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2,
                  init_seed: int = 0, dtype: str = "float32", device: str = "cpu",
-                 npti_strength: float | None = None, search_dtype: str | None = None):
+                 npti_strength: float | None = None, search_dtype: str | None = None,
+                 arch: str = "llama"):
         # npti_strength: this model's default method.strength (a fixed 1.0 keeps the tiny
         # model's runs fast, without the strength=auto probe); search_dtype: this model's
         # default search_gen.dtype
-        self.name = name
+        if arch not in TINY_ARCHS:
+            raise PktError(f"no tiny config for architecture '{arch}' "
+                           f"(choose from: {', '.join(TINY_ARCHS)})")
+        self.name, self.arch = name, arch
         self.own = dict(npti_k_min=None, npti_strength=npti_strength, search_dtype=search_dtype)
-        self.kw = dict(num_hidden_layers=num_layers, hidden_size=hidden_size,
-                       intermediate_size=intermediate_size, num_attention_heads=num_heads,
-                       num_key_value_heads=num_kv_heads)
+        sizes = dict(num_layers=num_layers, hidden_size=hidden_size,
+                     intermediate_size=intermediate_size, num_heads=num_heads,
+                     num_kv_heads=num_kv_heads)
+        _cls, names, extra = TINY_ARCHS[arch]
+        self.kw = {names[k]: v for k, v in sizes.items() if names[k]}
+        for k, v in extra.items():
+            self.kw[k] = hidden_size // num_heads if k == "head_dim" and v is None else v
         self.init_seed = init_seed
         self.dtype, self.device = resolve_dtype(dtype), resolve_device(device)
 
+    def config(self, tok):
+        import transformers
+
+        cls = getattr(transformers, TINY_ARCHS[self.arch][0])
+        return cls(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                   tie_word_embeddings=False,
+                   **({} if self.arch == "gpt2" else {"max_position_embeddings": 2048}),
+                   **self.kw)
+
     def build(self):
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import AutoModelForCausalLM
 
         tok = byte_tokenizer()
-        cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=2048,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id, tie_word_embeddings=False, **self.kw)
+        cfg = self.config(tok)
         gen = torch.random.fork_rng()
         with gen:
             torch.manual_seed(self.init_seed)
-            model = LlamaForCausalLM(cfg).to(self.dtype)
+            model = AutoModelForCausalLM.from_config(cfg).to(self.dtype)
         return model, tok
 
     def load(self) -> LoadedModel:
         model, tok = self.build()
         return _finish(self.name, model, tok, self.device).own_defaults(**self.own)
+
+
+def tiny_model(arch: str = "llama", dtype: str = "float32", **sizes) -> LoadedModel:
+    """A loaded :class:`TinyRandomModel` of architecture ``arch`` (named ``tiny_<arch>``,
+    a fixed NPTI strength of 1.0 and identification in its own dtype, like
+    ``conf/model/tiny_random.yaml``); ``sizes`` override its constructor's sizes."""
+    return TinyRandomModel(name=f"tiny_{arch}", arch=arch, dtype=dtype, npti_strength=1.0,
+                           search_dtype="model", **sizes).load()

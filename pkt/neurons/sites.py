@@ -52,11 +52,28 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return get() if callable(get) else model
 
 
+# config fields that only mixture-of-experts models have (Mixtral, Qwen2/3-MoE, OLMoE,
+# DeepSeek, Phi-MoE, Granite-MoE, ...)
+_MOE_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size")
+
+
+def is_moe(config) -> bool:
+    """Whether ``config`` describes a mixture-of-experts model."""
+    mt = str(getattr(config, "model_type", "") or "")
+    return "moe" in mt or mt == "mixtral" or any(getattr(config, k, None) for k in _MOE_FIELDS)
+
+
 def spec_for(model: torch.nn.Module) -> SiteSpec:
     m = base_model(model)
     mt = getattr(m.config, "model_type", None)
     spec = ARCHITECTURES.get(mt)
     if spec is None:
+        if is_moe(m.config):
+            raise PktError(
+                f"unsupported architecture: model_type '{mt}' is a mixture of experts (its MLP "
+                f"neurons are split over experts routed per token; pkt's neuron statistics and "
+                f"edits need one dense MLP per layer); supported: {', '.join(sorted(ARCHITECTURES))}"
+            )
         try:
             mlp_cls = type(_get(_get(m, "model.layers")[0], "mlp")).__name__
         except (AttributeError, IndexError, TypeError):
