@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pkt.errors import PktError
+from pkt.params import AT_LEAST_1, Rule
 
 TRAITS = ("Openness", "Conscientiousness", "Extraversion", "Agreeableness", "Neuroticism")
 PERSONA_KEYS = tuple(k for t in TRAITS for k in (t, f"{t}_reversed"))
@@ -128,3 +129,7 @@ def load_bench(path: str, trait: str, n_search: int | None = None, n_test: int |
         data_hash=h.hexdigest()[:16],
         files={"search": str(search_f), "test": str(test_f), "description": str(desc_f)},
     )
+
+
+# what load_bench's parameters accept beyond their annotations (pkt.params)
+load_bench.RULES = {"n_search": AT_LEAST_1, "n_test": AT_LEAST_1, "path": Rule(nonempty=True)}

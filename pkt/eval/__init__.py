@@ -10,6 +10,7 @@ import logging
 from collections import Counter
 
 from pkt.errors import PktError
+from pkt.params import AT_LEAST_1, Rule
 from pkt.records import summary, trait_table
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def check_judged(res: list[dict], rubric: str) -> None:
 
 
 class NoEvaluation:
+    RULES = {"batch_size": AT_LEAST_1}
     """eval=none: responses and generation figures only."""
 
     def __init__(self, **_):
@@ -40,6 +42,10 @@ class NoEvaluation:
 
 
 class Evaluation:
+    RULES = {"batch_size": AT_LEAST_1,
+             "trait_scorer": Rule(choices=("auto", "offline", "judge")),
+             "capability_n_mc": AT_LEAST_1}
+
     def __init__(self, trait_scorer: str = "auto", judge=None, fluency: bool = True,
                  capability: bool = True, capability_n_mc: int | None = 100,
                  batch_size: int = 16, cache_dir: str | None = None,

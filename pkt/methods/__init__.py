@@ -29,6 +29,7 @@ from typing import Any
 
 from pkt import prompts
 from pkt.generation import GenConfig, Generation, GenStats, chat_prompt, generate
+from pkt.params import AT_LEAST_1, Rule
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Prepared:
 class Method:
     # False or a reason: the method cannot compose a profile
     profile_support: bool | str = True
+    # what parameters accept beyond their annotations (pkt.params; subclasses extend it)
+    RULES: dict = {"name": Rule(nonempty=True), "batch_size": AT_LEAST_1}
 
     def __init__(self, ctx: Setting, name: str, **params):
         self.ctx, self.name, self.params = ctx, name, dict(params)

@@ -30,6 +30,7 @@ from pkt.hooks import Scope, hooked, position_ids
 from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.neurons import identify
 from pkt.neurons.sites import decoder_layers
+from pkt.params import Rule
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,9 @@ def steer(model, adds: dict[int, torch.Tensor], include_prompt: bool = False,
 
 
 class ActAddMethod(Method):
+    RULES = {**Method.RULES, "layers": Rule(nonempty=True),
+             "position": Rule(choices="pkt.methods.actadd:POSITIONS")}
+
     def __init__(self, ctx: Setting, name: str = "actadd", layers: list[int] | int | None = None,
                  coefficient: float = 4.0, position: str = "mean", include_prompt: bool = False,
                  recompute: bool = False, batch_size: int | None = None):

@@ -20,6 +20,7 @@ from pkt.neurons.induce import Induction, edit_tables
 from pkt.neurons.release import export_release, file_name, import_release
 from pkt.neurons.select import SELECTIONS, NeuronSet, resolve_k, select_sets
 from pkt.neurons.sites import shape
+from pkt.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Rule, check_folder
 
 log = logging.getLogger(__name__)
 OTHER = {"high": "low", "low": "high"}
@@ -71,6 +72,17 @@ def choose_strength(grid, ppl_ratio, mc_ratio, max_ppl_ratio: float,
 
 
 class NeuronMethod(Method):
+    RULES = {**Method.RULES,
+             "strength": Rule(lo=0, choices=("auto",), fold=True),
+             "k_min": POSITIVE,
+             "keep_prob": Rule(lo=0, hi=1, lo_open=True),
+             "neurons_from": Rule(check=check_folder),
+             "selection": Rule(choices="pkt.neurons.select:SELECTIONS"),
+             "strength_grid": Rule(lo=0, each=True, nonempty=True),
+             "max_ppl_ratio": POSITIVE,
+             "min_mc_ratio": NON_NEGATIVE,
+             "auto_n_mc": AT_LEAST_1}
+
     def __init__(self, ctx: Setting, name: str = "neuron", strength: float | str | None = None,
                  k_min: float | None = None, diff_threshold: float = 0.1, keep_prob: float = 0.9,
                  deactivate: bool = True, include_prompt: bool = False, recompute: bool = False,

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pkt import prompts
 from pkt.errors import PktError
 from pkt.methods import Method, Setting
+from pkt.params import Rule
 from pkt.profiles import adjective, adjective_phrase
 
 VARIANTS = ("simple", "p2")
@@ -12,6 +13,9 @@ PERSONA_SEED = 7919  # P²'s persona draw is seeded with seed + this (apart from
 class PromptMethod(Method):
     """Prompting baselines: ``simple`` (trait adjective, with an intensity word when a
     profile gives a strength) or ``p2`` (a persona description of the aspect)."""
+
+    RULES = {**Method.RULES,
+             "variant": Rule(choices="pkt.methods.prompt:VARIANTS", label="prompt variant")}
 
     def __init__(self, ctx: Setting, name: str = "prompt", variant: str = "simple"):
         if variant not in VARIANTS:

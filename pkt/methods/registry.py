@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pkt.errors import PktError
 from pkt.methods import Method, ProfileMethod, Setting
+from pkt.params import check_params
 
 # name -> (module, class, preset parameters)
 METHODS: dict[str, tuple[str, str, dict]] = {
@@ -86,6 +87,8 @@ def compose(lm, profile, method: str, bench_for: Callable[[str], object], *,
     if clash:
         raise PktError(f"method {method} fixes {clash[0]}={preset[clash[0]]}")
     kwargs = {**preset, **(params or {})}
+    # the class's declared types and ranges, as the runner's pre-flight checks them
+    check_params(cls, kwargs, "method", method, runtime=("ctx",))
     if trait_for is None:
         from pkt.traits import Trait
 

@@ -107,10 +107,11 @@ def settings_from_cfg(cfg: DictConfig):
         if name not in served_methods():
             raise PktError(f"unknown method serve.params.{name} (choose from: "
                            f"{', '.join(served_methods())})")
-        from pkt.validation import check_node
+        from pkt.methods import registry
+        from pkt.params import check_params
 
         try:  # the same declarations as the runner's method.* values
-            check_node("method", {"name": name, **values}, name)
+            check_params(registry.method_class(name), values, "method", name, ("ctx", "name"))
         except PktError as e:
             raise PktError(f"serve.params.{name}: {e}") from None
     level = node.get("log_level")

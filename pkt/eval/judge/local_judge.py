@@ -16,9 +16,13 @@ from pkt.errors import PktError
 from pkt.eval.judge.results import check_items, result
 from pkt.eval.judge.rubric import RATING_MAX, RATING_MIN, build_rubric, check_rubric
 from pkt.hooks import position_ids
+from pkt.params import AT_LEAST_1, Rule, check_device
 
 
 class LocalJudge:
+    RULES = {"batch_size": AT_LEAST_1, "path": Rule(nonempty=True),
+             "dtype": Rule(choices="pkt.models:_DTYPES"), "device": Rule(check=check_device)}
+
     """Any Hugging Face causal LM as judge: expected rating from one forward pass."""
 
     # its public name: configs (_target_), the validator's rules and pickles use it

@@ -29,6 +29,7 @@ from pkt.errors import PktError
 from pkt.eval.judge.cache import RatingCache
 from pkt.eval.judge.results import NO_RATING, check_items, result
 from pkt.eval.judge.rubric import build_rubric, check_rubric, parse_rating
+from pkt.params import AT_LEAST_1, NON_NEGATIVE, Rule, check_url
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,14 @@ class _Reach:
 
 
 class OpenAIJudge:
+    RULES = {"batch_size": AT_LEAST_1, "model": Rule(nonempty=True),
+             "base_url": Rule(check=check_url),
+             "temperature": Rule(lo=0, hi=2),  # the OpenAI API's range
+             "max_tokens": AT_LEAST_1,
+             # a day per request at most (a socket timeout must fit in the platform's time_t)
+             "timeout": Rule(lo=0, hi=86400, lo_open=True),
+             "max_retries": NON_NEGATIVE, "concurrency": AT_LEAST_1}
+
     """A judge behind an OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint.
 
     ``timeout`` (seconds) and ``max_retries`` go to the client as they are; the client

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import tempfile
+import typing
 import warnings
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from pkt.methods.lora.data import collate, split, training_examples
 from pkt.methods.lora.module import LoraModule
 from pkt.neurons import identify
 from pkt.neurons.sites import require_one_device
+from pkt.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Rule, _show, check_folder
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,120 @@ __all__ = ["ADAPTER_VERSION", "DEFAULT_TARGETS", "STRATEGIES", "LoraMethod", "Lo
            "attach_lora", "collate", "load_adapter", "split", "training_examples"]
 
 
+# -- what Lightning accepts (method.precision, accelerator, devices) --------------------
+
+def _lightning_precisions() -> tuple:
+    from lightning.fabric.connector import (
+        _PRECISION_INPUT_INT,
+        _PRECISION_INPUT_STR,
+        _PRECISION_INPUT_STR_ALIAS,
+    )
+
+    return tuple(typing.get_args(_PRECISION_INPUT_STR) + typing.get_args(_PRECISION_INPUT_STR_ALIAS)
+                 + typing.get_args(_PRECISION_INPUT_INT))
+
+
+def _lightning_accelerators() -> tuple:
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    return ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+
+
+def _check_precision(where: str, v) -> None:
+    allowed = _lightning_precisions()
+    if v not in allowed or isinstance(v, bool):
+        raise PktError(f"unknown {where} {_show(v)} (choose from: "
+                       f"{', '.join(str(a) for a in allowed)})")
+
+
+def _check_devices(where: str, v) -> None:
+    """Lightning's ``devices``: auto, a count (>= 1, or -1: all), or device ids (a list, or a
+    comma-separated string). Whether this machine has them is Lightning's to say."""
+    def count(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and (1 <= x <= MAX_DEVICES
+                                                                   or x == -1)
+
+    def ids(xs) -> bool:
+        return bool(xs) and all(isinstance(x, int) and not isinstance(x, bool)
+                                and 0 <= x < MAX_DEVICES for x in xs)
+
+    ok = v == "auto" or count(v)
+    if isinstance(v, str) and not ok:
+        parts = [x.strip() for x in v.split(",")]
+        try:
+            nums = [int(x) for x in parts if x]
+        except ValueError:
+            nums = None
+        ok = nums is not None and len(nums) == len(parts) and (
+            count(nums[0]) if len(nums) == 1 and "," not in v else ids(nums))
+    if isinstance(v, (list, tuple)):
+        ok = ids(list(v))
+    if not ok:
+        raise PktError(f"{where} must be auto, a device count in [1, {MAX_DEVICES}] (or -1: all), "
+                       f"or a list of device ids >= 0, got {_show(v)}")
+
+
+def _device_list(v) -> tuple[int | None, list[int] | None]:
+    """Lightning's ``devices`` (already well formed) as (count, ids): one of them is set."""
+    if isinstance(v, (list, tuple)):
+        return None, [int(x) for x in v]
+    if isinstance(v, str) and "," in v:
+        return None, [int(x) for x in v.split(",") if x.strip()]
+    return int(v), None
+
+
+def check_lora_devices(node: dict) -> None:
+    """``method.devices`` against this machine, as Lightning will check it when training
+    starts (after identification): CPU takes a process count, CUDA ids or counts that exist."""
+    dev, acc = node.get("devices", "auto"), str(node.get("accelerator", "auto"))
+    if dev == "auto" or acc not in ("auto", "cpu", "gpu", "cuda"):
+        return
+    import torch
+
+    if acc in ("auto", "gpu"):
+        mps = getattr(torch.backends, "mps", None)
+        acc = ("cuda" if torch.cuda.is_available()
+               else "mps" if mps is not None and mps.is_available() else "cpu")
+    n, ids = _device_list(dev)
+    if acc == "cpu":
+        if ids is not None or n is None or n < 1:
+            raise PktError(f"method.devices on CPU is a number of processes >= 1, got "
+                           f"{_show(dev)} (accelerator {node.get('accelerator', 'auto')})")
+    elif acc == "cuda":
+        have = torch.cuda.device_count()
+        missing = [i for i in ids if i >= have] if ids is not None else []
+        if missing or (n is not None and n > have):
+            raise PktError(f"method.devices={_show(dev)} asks for GPUs this machine does not have "
+                           f"({have} visible)")
+
+
+MAX_DEVICES = 1024  # per node
+
+
+
 class LoraMethod(Method):
     profile_support = ("method=lora does not compose profiles (its adapter is trained on one "
                        "trait and aspect's persona answers); use method=neuron, actadd, prompt "
                        "or prompt_p2 for a profile")
+    # a rank above the model's width adds nothing; 10**12 would only fail allocating the
+    # adapter after identification (no model this runs on is 65536 wide)
+    RULES = {**Method.RULES,
+             "rank": Rule(lo=1, hi=65536), "alpha": POSITIVE,
+             "dropout": Rule(lo=0, hi=1, hi_open=True),
+             "target_modules": Rule(nonempty=True, each=True), "lr": POSITIVE,
+             "weight_decay": NON_NEGATIVE, "max_epochs": AT_LEAST_1,
+             "max_steps": Rule(lo=1, also=(-1,)),
+             "val_fraction": Rule(lo=0, hi=1, lo_open=True, hi_open=True),
+             "patience": NON_NEGATIVE, "max_length": Rule(lo=2), "grad_clip": NON_NEGATIVE,
+             "accumulate_grad_batches": AT_LEAST_1,
+             "accelerator": Rule(choices=_lightning_accelerators),
+             "devices": Rule(check=_check_devices),
+             "strategy": Rule(choices="pkt.methods.lora:STRATEGIES"),
+             "precision": Rule(check=_check_precision),
+             "adapter_from": Rule(check=check_folder)}
+    # Lightning's precision may also be 16, 32 or 64
+    ALSO = {"precision": [("int", None)]}
+    NODE_CHECK = staticmethod(check_lora_devices)
 
     def __init__(self, ctx: Setting, name: str = "lora", rank: int = 8, alpha: float = 16,
                  dropout: float = 0.05, target_modules: list[str] | None = None,
