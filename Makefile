@@ -45,6 +45,10 @@ compare: install ## base / prompt / neuron comparison on one trait, ending in a 
 bench: install ## performance benchmarks (ratios) -> experiments/bench/results.json
 	$(PY) experiments/bench/run_bench.py $(ARGS)
 
+docs: install ## the documentation site: mkdocs build --strict into site/ (installs the docs extra when missing)
+	@$(PY) -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null || $(PY) -m pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 lint: install ## ruff
 	$(VENV)/bin/ruff check pkt tests experiments
 
@@ -55,4 +59,4 @@ clean: ## remove run outputs and caches (keeps .venv and the model cache)
 	rm -rf outputs/runs outputs/multiruns .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test browser serve test-slow sweep compare bench lint wandb-sync clean
+.PHONY: help install run test browser serve test-slow sweep compare bench docs lint wandb-sync clean
