@@ -194,20 +194,63 @@ class ArtifactStore:
             return None
         return p
 
+    @contextlib.contextmanager
+    def computing(self, kind: str, key: dict) -> Iterator[None]:
+        """Held while one process computes the artifact ``(kind, key)``: a second process
+        (another run on the same cache, a sweep job, a server) waits here and then finds the
+        first one's result with :meth:`load`. A POSIX record lock (``lockf``, which NFS
+        supports through its lock manager), so the kernel frees it when its holder dies,
+        even by ``kill -9``: a dead holder never leaves a stale lock."""
+        import fcntl
+
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        path = locks / f"{kind}-{self.path(kind, key).name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                log.warning("another pkt process is computing this %s (%s): waiting for it, "
+                            "then using its result", kind, path)
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def load_or_compute(self, kind: str, key: dict, compute: Callable[[], Path],
+                        recompute: bool = False) -> tuple[Path, bool]:
+        """``(path, hit)``: the cached artifact, or ``compute()`` (which saves it and
+        returns its path) under :meth:`computing`, after a second look: another process
+        may have made it while this one waited."""
+        path = None if recompute else self.load(kind, key)
+        if path is not None:
+            return path, True
+        with self.computing(kind, key):
+            path = None if recompute else self.load(kind, key)
+            if path is not None:
+                return path, True
+            return compute(), False
+
     def cached_json(self, kind: str, key: dict, compute: Callable[[], object],
                     extra: dict | None = None, name: str = "value.json"):
         """``(value, hit)``: the JSON value stored under the key (in the file ``name``), or
         ``compute()`` stored."""
-        path = self.load(kind, key)
-        if path is not None:
-            try:
-                return json.loads((path / name).read_text(encoding="utf-8")), True
-            except (OSError, json.JSONDecodeError):
-                log.warning("unreadable %s artifact %s: computing it again", kind, path)
-        value = compute()
-        self.save(kind, key, lambda tmp: (tmp / name).write_text(
-            json.dumps(value, ensure_ascii=False), encoding="utf-8"), extra=extra)
-        return value, False
+        def make() -> Path:
+            value = compute()
+            return self.save(kind, key, lambda tmp: (tmp / name).write_text(
+                json.dumps(value, ensure_ascii=False), encoding="utf-8"), extra=extra)
+
+        path, hit = self.load_or_compute(kind, key, make)
+        try:
+            return json.loads((path / name).read_text(encoding="utf-8")), hit
+        except (OSError, json.JSONDecodeError):
+            log.warning("unreadable %s artifact %s: computing it again", kind, path)
+            path, hit = self.load_or_compute(kind, key, make, recompute=True)
+            return json.loads((path / name).read_text(encoding="utf-8")), hit
 
     def save(self, kind: str, key: dict, write: Callable[[Path], None], extra: dict | None = None) -> Path:
         """Call ``write(tmpdir)`` then publish the directory atomically under the key."""

@@ -73,3 +73,31 @@ def test_a_kill_at_a_write_boundary_or_a_mixed_checkpoint_is_never_used(tmp_path
     assert _digest(clean) == want
     again = json.loads((run_dirs(tmp_path / "f")[0] / "metrics.json").read_text())
     assert again["neurons_high"] == metrics["neurons_high"] and again["neuron_stats_cached"] is False
+
+
+def test_two_runs_on_one_cache_identify_once(tmp_path):
+    """The second run waits for the first one's identification and reuses it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import MODEL_CACHE, ROOT
+
+    cache = tmp_path / "cache"
+    args = [a for a in TINY if not a.startswith(("data.n_search", "search_gen.max_new"))] + \
+        ["data.n_search=16", "search_gen.max_new_tokens=24"]
+    env = dict(__import__("os").environ, PKT_CACHE=str(cache), OMP_NUM_THREADS="1",
+               PKT_MODEL_CACHE=str(MODEL_CACHE))
+    procs = [subprocess.Popen([sys.executable, "-m", "pkt.run", *args,
+                               f"paths.output_dir={tmp_path / f'out{i}'}"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    cached = []
+    for i in range(2):
+        (d,) = sorted(m.parent for m in (tmp_path / f"out{i}").rglob("metrics.json"))
+        cached.append(json.loads((d / "metrics.json").read_text())["neuron_stats_cached"])
+    assert sorted(cached) == [False, True], (cached, outs)
+    waited = [o for o, c in zip(outs, cached) if c]
+    assert "another pkt process is computing this statistics" in waited[0], waited[0][-3000:]
+    assert len(list((cache / "artifacts" / "statistics").iterdir())) == 1

@@ -189,13 +189,21 @@ class NeuronMethod(Method):
                "deactivate": self.deactivate, "include_prompt": self.include_prompt,
                "seed": ctx.seed, "search": SEARCH}
         path = self.store.load("auto_strength", key)
-        if path is not None:
-            d = json.loads((path / "choice.json").read_text())
-            self.prepared.metrics["strength_auto_cached"] = True
-            return float(d["chosen"]), d["trials"]
-        if not ctx.compute:
+        if path is None and not ctx.compute:
             raise identify.NotIdentified(f"strength=auto has not been chosen yet for "
                                          f"{ctx.bench.trait} ({aspect}) on {ctx.lm.name}")
+        path, hit = (path, True) if path is not None else self.store.load_or_compute(
+            "auto_strength", key, lambda: self._search_strength(key, aspect))
+        d = json.loads((path / "choice.json").read_text())
+        self.prepared.metrics["strength_auto_cached"] = hit
+        self.prepared.fresh = self.prepared.fresh or not hit
+        return float(d["chosen"]), d["trials"]
+
+    def _search_strength(self, key: dict, aspect: str) -> Path:
+        """strength=auto's probes (:func:`choose_strength`), saved under ``key``."""
+        from pkt.eval import capability
+
+        ctx = self.ctx
         base = capability.base_figures(ctx.lm, ctx.cache_dir, self.auto_n_mc, ctx.gen.batch_size)
 
         def probe(s: float, part: str) -> float:
@@ -216,11 +224,8 @@ class NeuronMethod(Method):
         if not next(t["within"] for t in trials if t["strength"] == chosen):
             log.warning("strength=auto: even strength %.2f is out of the capability bounds; "
                         "using it", chosen)
-        self.store.save("auto_strength", key, lambda tmp: (tmp / "choice.json").write_text(
+        return self.store.save("auto_strength", key, lambda tmp: (tmp / "choice.json").write_text(
             json.dumps({"chosen": chosen, "trials": trials}, indent=2)))
-        self.prepared.metrics["strength_auto_cached"] = False
-        self.prepared.fresh = True
-        return chosen, trials
 
     def _save_sets(self) -> None:
         ctx = self.ctx

@@ -384,37 +384,53 @@ def load_or_compute(store: ArtifactStore, lm: LoadedModel, bench: Bench, seed: i
     ``compute=False``: the cache only; :class:`NotIdentified` when nothing is cached.
     """
     key = stats_key(lm, bench, seed, gen)
-    path = None if recompute else store.load("statistics", key)
-    if path is not None:
-        try:
-            st = read_statistics(path)
-            bad = statistics_problem(st, lm)
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
-            st, bad = None, f"unreadable ({type(e).__name__})"
-        if bad is None:
-            log.info("reusing cached neuron statistics %s", path)
-            return st, path, True
-        log.warning("cached neuron statistics %s are not usable (%s): computing them again",
-                    path, bad)
+    got = None if recompute else _cached_statistics(store, key, lm)
+    if got is not None:
+        return (*got, True)
     if not compute:
         raise NotIdentified(f"{bench.trait} is not identified yet for {lm.name} with these "
                             f"settings ({len(bench.search)} search questions, "
                             f"{gen.max_new_tokens} tokens)")
-    ck = _checkpoint_dir(store, key)
-    st = compute_statistics(lm, bench, seed, gen, progress=progress, gen_stats=gen_stats,
-                            checkpoint=ck, key=key)
+    # one process identifies a key at a time; another one waits, then reuses its result
+    with store.computing("statistics", key):
+        got = None if recompute else _cached_statistics(store, key, lm, quiet=True)
+        if got is not None:
+            return (*got, True)
+        ck = _checkpoint_dir(store, key)
+        st = compute_statistics(lm, bench, seed, gen, progress=progress, gen_stats=gen_stats,
+                                checkpoint=ck, key=key)
 
-    def write(tmp: Path):
-        tensors = {k: v.contiguous() for k, v in st.items() if isinstance(v, torch.Tensor)}
-        save_file(tensors, str(tmp / "statistics.safetensors"))
-        with open(tmp / "responses.jsonl", "w", encoding="utf-8") as f:
-            for r in st["responses"]:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        def write(tmp: Path):
+            tensors = {k: v.contiguous() for k, v in st.items() if isinstance(v, torch.Tensor)}
+            save_file(tensors, str(tmp / "statistics.safetensors"))
+            with open(tmp / "responses.jsonl", "w", encoding="utf-8") as f:
+                for r in st["responses"]:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
-    tokens = {f"{a}.tokens": st[f"{a}.tokens"] for a in ASPECTS}
-    path = store.save("statistics", key, write, extra={"tokens": tokens})
-    shutil.rmtree(ck, ignore_errors=True)
+        tokens = {f"{a}.tokens": st[f"{a}.tokens"] for a in ASPECTS}
+        path = store.save("statistics", key, write, extra={"tokens": tokens})
+        shutil.rmtree(ck, ignore_errors=True)
     return st, path, False
+
+
+def _cached_statistics(store: ArtifactStore, key: dict, lm: LoadedModel,
+                       quiet: bool = False) -> tuple[dict, Path] | None:
+    """The cached statistics of ``key`` if they are there and usable (checked), else None."""
+    path = store.load("statistics", key)
+    if path is None:
+        return None
+    try:
+        st = read_statistics(path)
+        bad = statistics_problem(st, lm)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        st, bad = None, f"unreadable ({type(e).__name__})"
+    if bad is None:
+        log.info("reusing cached neuron statistics %s", path)
+        return st, path
+    if not quiet:
+        log.warning("cached neuron statistics %s are not usable (%s): computing them again",
+                    path, bad)
+    return None
 
 
 def statistics_problem(st: dict, lm: LoadedModel) -> str | None:

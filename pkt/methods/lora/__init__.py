@@ -242,17 +242,18 @@ class LoraMethod(Method):
         else:
             key = self.adapter_key()
             path = None if self.recompute else self.store.load("lora_adapter", key)
-            if path is not None:
+            if path is None and not ctx.compute:
+                raise identify.NotIdentified(f"no LoRA adapter of {ctx.bench.trait} "
+                                             f"({ctx.aspect}) is cached yet for {ctx.lm.name}")
+            if path is None:  # trained here, or by another process this one waited for
+                path, cached = self.store.load_or_compute(
+                    "lora_adapter", key, lambda: self._train_and_save(key), self.recompute)
+            else:
+                cached = True
+            if cached:
                 log.info("reusing cached adapter %s", path)
                 self._load(path)
-                cached = True
-            else:
-                if not ctx.compute:
-                    raise identify.NotIdentified(f"no LoRA adapter of {ctx.bench.trait} "
-                                                 f"({ctx.aspect}) is cached yet for {ctx.lm.name}")
-                path = self._train_and_save(key)
-                cached = False
-                self.prepared.fresh = True
+            self.prepared.fresh = not cached
             self.prepared.artifacts["lora_adapter"] = path.name
         self.peft.base_model.disable_adapter_layers()
         ctx.lm.model.eval()
