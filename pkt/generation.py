@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from pkt.errors import PktError
 from pkt.hooks import Scope, position_ids
 
 
@@ -103,6 +104,36 @@ def chat_prompt(tokenizer, user: str, system: str | None = None) -> str:
         {"role": "user", "content": user}
     ]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def context_length(model) -> int | None:
+    """The model's context in tokens (its position table), None when it has none."""
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        n = getattr(cfg, name, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def check_context(lm, prompts: list[tuple[str, str]], max_new_tokens: int, what: str) -> None:
+    """Before any generation: every prompt (``(where, text)``, ``where`` naming its file and
+    line) plus ``max_new_tokens`` must fit the model's context; else one PktError line."""
+    n = context_length(lm.model)
+    if n is None:
+        return
+    if max_new_tokens >= n:
+        raise PktError(f"{what}.max_new_tokens={max_new_tokens} does not fit this model's "
+                       f"context of {n} tokens (at most {n - 1}, less the prompt)")
+    tok = lm.tokenizer
+    for where, text in prompts:
+        if len(text.encode()) + 2 + max_new_tokens <= n:
+            continue  # fits whatever the tokenizer: a (byte-level) token spans >= 1 byte
+        k = len(tok(text, add_special_tokens=False)["input_ids"])
+        if k + max_new_tokens > n:
+            raise PktError(f"{where}: this question makes a prompt of {k} tokens, which with "
+                           f"{what}.max_new_tokens={max_new_tokens} exceeds the model's "
+                           f"context of {n} tokens")
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -156,6 +156,28 @@ def scored_traits(cfg: DictConfig, profile, multi: bool) -> list[str]:
     return own + [t for t in profiles.TRAIT_NAMES if t not in own]
 
 
+def check_contexts(lm, cfg: DictConfig, method, benches: dict, asked: list, profile) -> None:
+    """Before any work: every test prompt plus gen.max_new_tokens, and (for methods that
+    answer the search split) every role-play prompt plus search_gen.max_new_tokens, fit the
+    model's context; a question that does not is one line naming its file and line."""
+    from pkt.generation import chat_prompt, check_context
+
+    tok = lm.tokenizer
+    check_context(lm, [(f"{benches[t].files.get('test', t)}:{r['_line']}",
+                        chat_prompt(tok, method.rewrite(r["question"], i)))
+                       for i, (t, r) in enumerate(asked)], int(cfg.gen.max_new_tokens), "gen")
+    if registry.accepts(cfg.method.name, "search_gen") and "search_gen" in cfg:
+        from pkt.neurons.identify import roleplay_prompts
+
+        for e in profile:
+            b = benches[e.trait]
+            for aspect in ASPECTS:
+                texts = roleplay_prompts(lm, b, aspect, int(cfg.seed))
+                check_context(lm, [(f"{b.files.get('search', e.trait)}:{r['_line']}", x)
+                                   for r, x in zip(b.search, texts)],
+                              int(cfg.search_gen.max_new_tokens), "search_gen")
+
+
 def run(cfg: DictConfig) -> dict:
     timings: dict = {}
     t_start = time.perf_counter()
@@ -202,10 +224,11 @@ def run(cfg: DictConfig) -> dict:
         else:
             log.info("method %s, trait %s (%s), model %s", method.label, ctx.bench.trait,
                      cfg.aspect, lm.name)
-        with timed(timings, "prepare"):
-            prepared = method.prepare(Outputs(run_dir, tracker))
         asked = [(t, r) for t in scored for r in benches[t].test]
         questions = [r["question"] for _, r in asked]
+        check_contexts(lm, cfg, method, benches, asked, profile)
+        with timed(timings, "prepare"):
+            prepared = method.prepare(Outputs(run_dir, tracker))
         log.info("%d test questions (%s)", len(questions), ", ".join(scored))
         with timed(timings, "respond"):
             gens = method.respond(questions)
