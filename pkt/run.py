@@ -362,6 +362,10 @@ def cli() -> None:
     cmdline.handle_sigterm()
     try:
         cmdline.preflight_or_exit(sys.argv[1:], preflight)
+        if {"-m", "--multirun"} & set(sys.argv[1:]):
+            from pkt.validation import validate_sweep
+
+            cmdline.preflight_or_exit(sys.argv[1:], validate_sweep)  # every job, first
         main()
     except KeyboardInterrupt as e:  # outside a job: composing the config, Hydra's own work
         raise cmdline.fail(NOT_KEPT, cmdline.interrupt_code(e)) from None

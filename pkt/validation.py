@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 
 from hydra.utils import get_object
@@ -176,8 +177,9 @@ def check_profile(cfg: DictConfig, method_cls) -> None:
         raise PktError(str(support))
 
 
-def validate(cfg: DictConfig) -> None:
-    """Every config value that can be checked without data or model; PktError on the first."""
+def validate(cfg: DictConfig, endpoint: bool = True) -> None:
+    """Every config value that can be checked without data or model; PktError on the first.
+    ``endpoint``: also one cheap request to a configured judge endpoint."""
     seed = cfg.get("seed")
     check_value("seed", seed, [("int", None)])
     check_gen("gen", plain(cfg, "gen"))
@@ -205,4 +207,61 @@ def validate(cfg: DictConfig) -> None:
         judge = build_judge(node, check_node("eval.judge", node))
     build_evaluator(ev, eobj, judge)
     if judge is not None:
-        check_judge_endpoint(node, judge)
+        if endpoint:
+            check_judge_endpoint(node, judge)
+
+
+def sweep_jobs(argv: list[str]) -> list[list[str]]:
+    """The jobs a ``-m`` command line would run, as Hydra's basic sweeper splits them: the
+    config's ``hydra.sweeper.params`` (e.g. an experiment's) then the command line's
+    overrides, crossed. Warns (one line each) when a later override of a key replaces a
+    sweep axis given before it."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pkt.resources import CONF_DIR
+
+    args = [a for a in argv if not a.startswith("-")]
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(args)
+    axes: dict[str, str] = {}  # key -> the sweep override that set it
+    for o, text in zip(parsed, args):
+        key = o.get_key_element()
+        if key in axes and text != axes[key]:
+            print(f"pkt: warning: {text} replaces the sweep axis {axes[key]} given before it "
+                  f"(Hydra keeps the last value of a key)", file=sys.stderr, flush=True)
+        if o.is_sweep_override():
+            axes[key] = text
+        else:
+            axes.pop(key, None)
+    fixed = [t for o, t in zip(parsed, args) if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        base = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+    node = base.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
+    every = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + args)
+    return [job for batch in BasicSweeper.split_arguments(every, None) for job in batch]
+
+
+def validate_sweep(argv: list[str]) -> int:
+    """Every job of a ``-m`` sweep composed and validated before the first one runs: a bad
+    value in any job is one line naming the job, before any work. Returns the job count."""
+    from hydra import compose, initialize_config_dir
+
+    from pkt.resources import CONF_DIR
+
+    jobs = sweep_jobs(argv)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for i, job in enumerate(jobs):
+            label = " ".join(a for a in job if not a.startswith("hydra."))
+            try:
+                cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
+            except Exception as e:  # Hydra's composition errors, e.g. an unknown key
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise PktError(f"sweep job #{i} ({label}): {first}") from None
+            try:
+                validate(cfg, endpoint=i == 0)
+            except PktError as e:
+                raise PktError(f"sweep job #{i} ({label}): {e}") from None
+    return len(jobs)

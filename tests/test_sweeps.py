@@ -1,0 +1,24 @@
+"""A sweep checks every job before the first one runs, and says when a later override
+replaces one of its axes."""
+
+from __future__ import annotations
+
+from tests.conftest import run_pkt, stderr_lines
+
+TINY = ["model=tiny_random", "method=base", "trait=openness", "eval=none", "logger=none",
+        "data.n_test=1"]
+
+
+def test_a_bad_value_in_any_job_stops_the_sweep_before_the_first_job(tmp_path):
+    r = run_pkt(["-m", *TINY, "gen.max_new_tokens=4,0"], tmp_path)
+    (line,) = stderr_lines(r)
+    assert r.returncode == 2 and line.startswith("pkt: error: sweep job #1 ("), r.stderr
+    assert line.endswith("gen.max_new_tokens must be an integer in [1, 32768], got 0")
+    assert not (tmp_path / "out").exists()  # no job ran, no sweep folder
+
+
+def test_an_override_that_replaces_a_sweep_axis_is_a_warning(tmp_path):
+    r = run_pkt(["-m", *TINY, "gen.max_new_tokens=4,6", "gen.max_new_tokens=4"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert ("pkt: warning: gen.max_new_tokens=4 replaces the sweep axis "
+            "gen.max_new_tokens=4,6 given before it") in r.stderr
