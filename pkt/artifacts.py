@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pkt.errors import PktError
+from pkt.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             os.fsync(fd)
         finally:
             os.close(fd)
+        fault_point("file.publish")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -125,10 +127,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = _temp_sibling(path, "", lambda p: os.mkdir(p, 0o777))
     try:
         yield tmp
+        fault_point("dir.publish")
         old = None
         if path.exists():  # a directory cannot be renamed over a full one: move it aside
             old = path.with_name(f".{path.name}.{secrets.token_hex(6)}.old")
             os.replace(path, old)
+            fault_point("dir.swap")  # no artifact at path now: the next load computes it
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -214,6 +218,12 @@ class ArtifactStore:
                 log.warning("another pkt process is computing this %s (%s): waiting for it, "
                             "then using its result", kind, path)
                 fcntl.lockf(fd, fcntl.LOCK_EX)
+            # under the lock nobody else writes this key: temporary siblings left by a
+            # writer that died (kill -9, power loss) are stale
+            final = self.path(kind, key)
+            for stale in final.parent.glob(f".{final.name}.*"):
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else \
+                    stale.unlink(missing_ok=True)
             yield
         finally:
             try:

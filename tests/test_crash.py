@@ -75,6 +75,27 @@ def test_a_kill_at_a_write_boundary_or_a_mixed_checkpoint_is_never_used(tmp_path
     assert again["neurons_high"] == metrics["neurons_high"] and again["neuron_stats_cached"] is False
 
 
+def test_a_kill_while_publishing_any_artifact_leaves_none_and_the_rerun_is_exact(tmp_path):
+    """Killed with the statistics written but not yet renamed into place (and, in a second
+    run, the neuron sets'): no artifact appears, and the next run makes the same ones."""
+    clean = tmp_path / "clean"
+    assert _run(tmp_path / "a", clean).returncode == 0
+    want = _digest(clean)
+    for point in ("dir.publish@1", "dir.publish@2"):
+        cache = tmp_path / point.replace("@", "-")
+        r = _run(tmp_path / f"k-{point}", cache, fault=point)
+        assert r.returncode != 0
+        kinds = cache / "artifacts"
+        published = [p.parent.name for p in kinds.glob("*/*/meta.json")
+                     if not p.parent.name.startswith(".")]
+        assert len(published) == int(point[-1]) - 1, published  # only what was finished
+        r = _run(tmp_path / f"r-{point}", cache)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert _digest(cache) == want
+        # the dead writer's temporary folder was cleared by the next writer of its key
+        assert not list((kinds / "statistics").glob(".*"))
+
+
 def test_two_runs_on_one_cache_identify_once(tmp_path):
     """The second run waits for the first one's identification and reuses it."""
     import subprocess
