@@ -2,8 +2,10 @@
 
 **Sites** name where in a model a hook reads or edits, per architecture
 (:mod:`pkt.neurons.sites` holds the table): ``mlp.act`` is the MLP activation of a layer
-(NPTI's neurons, ``[batch, seq, width]``), ``resid.post`` the residual stream after a decoder
-block (ActAdd, ``[batch, seq, hidden]``).
+(NPTI's neurons, ``[batch, seq, width]``), ``mlp.down_in`` the input of the MLP's down
+projection (DPN-LE's neurons, ``[batch, seq, width]``: ``act(gate(x)) * up(x)`` in gated
+MLPs, GPT-2's ``act(c_fc(x))``), ``resid.post`` the residual stream after a decoder block
+(ActAdd, ``[batch, seq, hidden]``).
 
 **Scopes** say which positions an edit touches:
 
@@ -16,6 +18,9 @@ block (ActAdd, ``[batch, seq, hidden]``).
   A forward with no mark, or with a mark of another shape, is left alone.
 
 :func:`hooked` registers forward hooks on sites and always removes them, also on error.
+A hook on an *input* site (``mlp.down_in``) is a forward pre-hook: ``fn(module, args)``
+returns the new ``args`` (or None to leave them), where an output site's hook is
+``fn(module, args, output)``.
 """
 
 from __future__ import annotations
@@ -27,15 +32,18 @@ import torch
 
 from pkt.errors import PktError
 
-SITES = ("mlp.act", "resid.post")
+SITES = ("mlp.act", "mlp.down_in", "resid.post")
+INPUT_SITES = ("mlp.down_in",)  # hooked before the module runs
 
 
 def site_modules(model, site: str) -> list[torch.nn.Module]:
     """The module of every layer at ``site``, in layer order."""
-    from pkt.neurons.sites import decoder_layers, neuron_sites
+    from pkt.neurons.sites import decoder_layers, down_proj_sites, neuron_sites
 
     if site == "mlp.act":
         return neuron_sites(model)
+    if site == "mlp.down_in":
+        return down_proj_sites(model)
     if site == "resid.post":
         return decoder_layers(model)
     raise PktError(f"unknown hook site '{site}' (choose from: {', '.join(SITES)})")
@@ -89,11 +97,14 @@ class Scope:
 
 @contextlib.contextmanager
 def hooked(model, hooks: dict[tuple[str, int], Callable]):
-    """Forward hooks ``{(site, layer): fn(module, inputs, output)}``, removed on exit."""
+    """Forward hooks ``{(site, layer): fn(module, inputs, output)}`` (pre-hooks
+    ``fn(module, inputs)`` at :data:`INPUT_SITES`), removed on exit."""
     handles = []
     try:
         for (site, layer), fn in hooks.items():
-            handles.append(site_modules(model, site)[layer].register_forward_hook(fn))
+            mod = site_modules(model, site)[layer]
+            handles.append(mod.register_forward_pre_hook(fn) if site in INPUT_SITES
+                           else mod.register_forward_hook(fn))
         yield
     finally:
         for h in handles:

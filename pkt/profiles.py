@@ -17,6 +17,8 @@ How each method composes a profile (documented in the README, tested in
   a neuron that one trait raises and another clamps follows ``conflict``; additions on a
   neuron that two traits raise add up, capped by the larger ``p95 * strength``.
 - ``actadd``: the sum of the per-trait vectors, each times its sign and strength.
+- ``dpn``: the sum of the per-trait additions at the down projections' input (each
+  trait's neurons, sign, weights and strength).
 - ``prompt`` (simple and P²): every trait's adjective, or persona sentence, in one prompt.
 - ``lora``: not supported (one adapter per profile is not trained); refused up front.
 """

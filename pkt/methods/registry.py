@@ -30,6 +30,7 @@ METHODS: dict[str, tuple[str, str, dict]] = {
     "prompt_p2": ("pkt.methods.prompt", "PromptMethod", {"variant": "p2"}),
     "neuron": ("pkt.methods.neuron", "NeuronMethod", {}),
     "actadd": ("pkt.methods.actadd", "ActAddMethod", {}),
+    "dpn": ("pkt.methods.dpn", "DpnMethod", {}),
     "lora": ("pkt.methods.lora", "LoraMethod", {}),
 }
 

@@ -22,6 +22,9 @@ class SiteSpec:
     layers: str  # attribute path from the base model to the list of decoder blocks
     act: str  # attribute path from a block to the activation module
     mlp: str  # attribute path from a block to its MLP (for messages)
+    # attribute path from a block to the MLP's down projection, whose input is site
+    # mlp.down_in (DPN-LE's neurons)
+    down: str = "mlp.down_proj"
 
 
 _GATED = SiteSpec(layers="model.layers", act="mlp.act_fn", mlp="mlp")
@@ -36,7 +39,7 @@ ARCHITECTURES: dict[str, SiteSpec] = {
     "gemma3_text": _GATED,
     "olmo2": _GATED,
     "phi3": SiteSpec(layers="model.layers", act="mlp.activation_fn", mlp="mlp"),
-    "gpt2": SiteSpec(layers="transformer.h", act="mlp.act", mlp="mlp"),
+    "gpt2": SiteSpec(layers="transformer.h", act="mlp.act", mlp="mlp", down="mlp.c_proj"),
 }
 
 
@@ -95,6 +98,18 @@ def neuron_sites(model: torch.nn.Module) -> list[torch.nn.Module]:
     sites = [_get(layer, spec.act) for layer in decoder_layers(model)]
     if len({id(s) for s in sites}) != len(sites):
         raise PktError("activation modules are shared between layers; cannot address neurons per layer")
+    return sites
+
+
+def down_proj_sites(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The MLP down projection of every layer, in layer order. A forward *pre*-hook there
+    reads (and may replace) its input ``[batch, seq, width]``: the gated hidden state
+    ``act(gate(x)) * up(x)`` of gated MLPs (Phi-3: the halves of its fused ``gate_up_proj``),
+    GPT-2's ``act(c_fc(x))``; the same width as the neurons of :func:`neuron_sites`."""
+    spec = spec_for(model)
+    sites = [_get(layer, spec.down) for layer in decoder_layers(model)]
+    if len({id(s) for s in sites}) != len(sites):
+        raise PktError("down projections are shared between layers; cannot address neurons per layer")
     return sites
 
 

@@ -1,0 +1,556 @@
+"""method=dpn: DPN-LE, dual personality neurons (Zheng et al., 2026, arXiv 2604.27929).
+
+**Identification** reads the input of every layer's MLP down projection (hook site
+``mlp.down_in``: ``act(gate(x)) * up(x)`` in gated MLPs, GPT-2's ``act(c_fc(x))``) at the
+*last token* of the role-play prompts of the search questions, one prompt per (persona,
+question) pair and aspect (the same prompts as NPTI and ActAdd; nothing is generated). Per
+neuron and aspect, the mean and the sum of squared deviations are streamed over the prompts
+(memory O(layers x width)) and cached as an artifact (``dpn_statistics``).
+
+**Selection**, per layer of the edited band: ``delta = mean_high - mean_low`` and Cohen's
+``d = delta / sqrt(s2 + 1e-8)`` with the pooled variance ``s2 = ((n_h - 1) var_h + (n_l - 1)
+var_l) / (n_h + n_l - 2)``. A neuron is selected when ``|delta|`` is above the ``quantile``
+of ``|delta|`` over its layer (linear interpolation) AND ``|d| > d_threshold``; it is
+*high-exclusive* when ``d > 0`` and *low-exclusive* when ``d < 0`` (both strict).
+
+**Editing**: at decode steps (the prompt prefill is left alone unless ``include_prompt``),
+``strength * sign * delta_j * w_j`` is added to the down projection's input of every
+selected neuron ``j`` of the band, with ``sign = +1`` for aspect high and ``-1`` for low.
+``neuron_mode=both`` edits both exclusive sets (the high set moves up and the low set down
+for aspect high, the reverse for low); ``directional`` only the aspect's own set.
+``weighting=rank`` sets ``w_j`` from the rank of ``|d_j|`` among the layer's edited neurons,
+linearly from 0.75 (smallest) to 1.0 (largest; ties by neuron index; a single neuron gets
+1.0); ``none`` sets ``w_j = 1`` (the paper's DPN-LE; ``rank`` is its DPN-LE_w).
+
+``strength: auto`` chooses the strength like NPTI's (:func:`pkt.methods.neuron.choose_strength`
+with :mod:`pkt.eval.capability`): the largest value of ``strength_grid`` whose capability
+probe stays within the bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from pkt import plots, prompts
+from pkt.artifacts import ArtifactStore, read_meta, write_json_atomic
+from pkt.errors import PktError
+from pkt.hooks import Scope, hooked
+from pkt.methods import Method, Outputs, Prepared, Setting
+from pkt.neurons import identify
+from pkt.neurons.sites import decoder_layers, mlp_width, require_one_device
+
+log = logging.getLogger(__name__)
+
+STATS_VERSION = 1
+ASPECTS = identify.ASPECTS
+WEIGHTINGS = ("none", "rank")
+NEURON_MODES = ("both", "directional")
+WEIGHT_RANGE = (0.75, 1.0)  # rank weighting: the smallest |d| gets 0.75, the largest 1.0
+DEFAULT_BAND = (0.375, 1.0)  # LLaMA-3-8B in the release: layers 12-31 of 32
+AUTO_GRID = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
+SEARCH = "ppl-scan+mc-bisect"  # strength=auto's search (part of its cache key)
+EPS = 1e-8  # added to the pooled variance (a neuron constant in both groups gets a finite d)
+
+
+class _Stop(Exception):
+    """Raised after the last layer's down projection input is read: the rest is not needed."""
+
+
+# -- identification ------------------------------------------------------------------------
+class Moments:
+    """Per neuron (``[layers, width]``, float64): the count, the mean and the sum of squared
+    deviations of the rows added so far (batches merged exactly, Chan et al.)."""
+
+    def __init__(self, n_layers: int, width: int):
+        self.n = 0
+        self.mean = torch.zeros(n_layers, width, dtype=torch.float64)
+        self.m2 = torch.zeros(n_layers, width, dtype=torch.float64)
+
+    def add(self, rows: torch.Tensor) -> None:
+        """``rows``: ``[k, layers, width]``."""
+        x = rows.to(torch.float64)
+        k = x.shape[0]
+        if k == 0:
+            return
+        mean_b = x.mean(0)
+        m2_b = ((x - mean_b) ** 2).sum(0)
+        n = self.n + k
+        delta = mean_b - self.mean
+        self.mean += delta * (k / n)
+        self.m2 += m2_b + delta**2 * (self.n * k / n)
+        self.n = n
+
+    def tensors(self, aspect: str) -> dict[str, torch.Tensor]:
+        return {f"{aspect}.mean": self.mean, f"{aspect}.m2": self.m2,
+                f"{aspect}.n": torch.tensor([self.n], dtype=torch.int64)}
+
+
+@torch.no_grad()
+def last_token_moments(model, tokenizer, texts: list[str], batch_size: int = 8,
+                       progress: bool = True, desc: str = "activations") -> Moments:
+    """The moments of every layer's ``mlp.down_in`` at the last token of each text
+    (batches of texts of similar length, left padded, position ids from the mask)."""
+    from pkt.hooks import position_ids
+
+    layers = decoder_layers(model)
+    n_layers, width = len(layers), mlp_width(model)
+    device = next(model.parameters()).device
+    mom = Moments(n_layers, width)
+    captured: dict[int, torch.Tensor] = {}
+    where: dict[str, torch.Tensor] = {}  # the batch's rows and last-token positions
+
+    def make(layer: int):
+        def hook(_mod, args):
+            captured[layer] = args[0][where["rows"], where["last"]].float().cpu()
+            if layer == n_layers - 1:
+                raise _Stop
+
+        return hook
+
+    # by length: little padding (the moments do not depend on the order)
+    lengths = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    order = [texts[i] for i in sorted(range(len(texts)), key=lambda i: (lengths[i], i))]
+    with hooked(model, {("mlp.down_in", i): make(i) for i in range(n_layers)}):
+        for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
+            enc = tokenizer(order[s : s + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False)
+            ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+            where["rows"] = torch.arange(ids.shape[0], device=device)
+            where["last"] = (attn * torch.arange(attn.shape[1], device=device)).argmax(-1)
+            captured.clear()
+            try:
+                model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn),
+                      use_cache=False)
+            except _Stop:
+                pass
+            mom.add(torch.stack([captured[i] for i in range(n_layers)], 1))
+    return mom
+
+
+def statistics(lm, bench, seed: int, batch_size: int = 8, progress: bool = True) -> dict:
+    """Both aspects' moments over the role-play prompts of the search questions."""
+    out = {}
+    for aspect in ASPECTS:
+        texts = identify.roleplay_prompts(lm, bench, aspect, seed)
+        if len(texts) < 2:
+            raise PktError(f"method=dpn needs at least 2 search questions per aspect (Cohen's d "
+                           f"uses the variance), got {len(texts)}")
+        mom = last_token_moments(lm.model, lm.tokenizer, texts, batch_size, progress,
+                                 desc=f"down_proj inputs ({aspect})")
+        out.update(mom.tensors(aspect))
+    return out
+
+
+def effect_sizes(st: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(delta, d)`` per neuron ``[layers, width]`` (float64): the mean difference high -
+    low and Cohen's d with the pooled standard deviation."""
+    nh, nl = int(st["high.n"]), int(st["low.n"])
+    delta = st["high.mean"] - st["low.mean"]
+    pooled = (st["high.m2"] + st["low.m2"]) / max(nh + nl - 2, 1)
+    d = torch.nan_to_num(delta / torch.sqrt(pooled.clamp_min(0.0) + EPS))
+    return delta, d
+
+
+def select(delta: torch.Tensor, d: torch.Tensor, layers: list[int], quantile: float,
+           d_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The high- and low-exclusive neurons (bool ``[layers, width]``): in each of ``layers``,
+    ``|delta|`` above the layer's ``quantile`` of ``|delta|`` and ``d > d_threshold``
+    (high) or ``d < -d_threshold`` (low); nothing outside ``layers``."""
+    high = torch.zeros(delta.shape, dtype=torch.bool)
+    low = torch.zeros(delta.shape, dtype=torch.bool)
+    for layer in layers:
+        mag = delta[layer].abs()
+        big = mag > torch.quantile(mag, float(quantile))
+        high[layer] = big & (d[layer] > d_threshold)
+        low[layer] = big & (d[layer] < -d_threshold)
+    return high, low
+
+
+def rank_weights(d: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Per layer, :data:`WEIGHT_RANGE` spread linearly over the ranks of ``|d|`` among the
+    ``chosen`` neurons (ties by index; one neuron alone gets the top weight); 0 elsewhere."""
+    lo, hi = WEIGHT_RANGE
+    w = torch.zeros(d.shape, dtype=torch.float64)
+    for layer in range(d.shape[0]):
+        idx = chosen[layer].nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        if idx.numel() == 1:
+            w[layer, idx] = hi
+            continue
+        order = torch.sort(d[layer, idx].abs(), stable=True).indices
+        ranks = torch.empty_like(order)
+        ranks[order] = torch.arange(idx.numel())
+        w[layer, idx] = lo + (hi - lo) * ranks.double() / (idx.numel() - 1)
+    return w
+
+
+def unit_edit(delta: torch.Tensor, d: torch.Tensor, high: torch.Tensor, low: torch.Tensor,
+              aspect: str, neuron_mode: str = "both", weighting: str = "none") -> torch.Tensor:
+    """The amount added per neuron at strength 1 (float32 ``[layers, width]``, 0 where
+    nothing is edited): ``sign * delta * w`` on the edited neurons."""
+    sign = 1.0 if aspect == "high" else -1.0
+    if neuron_mode == "both":
+        chosen = high | low
+    else:
+        chosen = high if aspect == "high" else low
+    w = rank_weights(d, chosen) if weighting == "rank" else chosen.double()
+    return (sign * delta * w * chosen).float()
+
+
+def band_layers(n_layers: int, band) -> list[int]:
+    """The decoder blocks ``l`` with ``start <= l / n_layers < end``."""
+    start, end = (float(x) for x in band)
+    tol = 1e-9
+    return [i for i in range(n_layers) if start - tol <= i / n_layers < end - tol]
+
+
+# -- editing ------------------------------------------------------------------------------
+def steer_down_in(model, adds: dict[int, torch.Tensor], include_prompt: bool = False,
+                  scope: Scope | None = None):
+    """Context manager: ``adds[l]`` (``[width]``) added to the input of layer ``l``'s down
+    projection at the positions of ``scope`` (default: decode steps, or every position with
+    ``include_prompt``), in the activations' own dtype; hooks removed on exit."""
+    if scope is None or include_prompt:
+        scope = Scope.for_generation(include_prompt)
+    require_one_device(model, "method=dpn")
+
+    def make(vec: torch.Tensor):
+        cache: dict = {}
+
+        def hook(_mod, args):
+            h = args[0]
+            where = scope.select(h)
+            if where is None:
+                return None
+            v = cache.get((h.device, h.dtype))
+            if v is None:
+                v = cache[(h.device, h.dtype)] = vec.to(h.device, h.dtype)
+            if where is True:
+                h = h + v
+            else:
+                h = h + v * where.to(h.device, h.dtype).unsqueeze(-1)
+            return (h, *args[1:])
+
+        return hook
+
+    return hooked(model, {("mlp.down_in", i): make(v) for i, v in adds.items()})
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _number(key: str, v, lo: float | None = None, also: str = "", above: bool = False,
+            integer: bool = False) -> float:
+    """``v`` as a finite number (``>= lo``, or ``> lo`` with ``above``; an integer with
+    ``integer``), else one PktError line naming method.<key>."""
+    ok = isinstance(v, int) if integer else True
+    try:
+        x = float(v) if ok and not isinstance(v, bool) else math.nan
+    except (TypeError, ValueError):
+        x = math.nan
+    if not math.isfinite(x) or (lo is not None and (x <= lo if above else x < lo)):
+        what = "an integer" if integer else "a finite number"
+        bound = f" {'>' if above else '>='} {lo:g}" if lo is not None else ""
+        raise PktError(f"method.{key} must be {what}{bound}{' ' + also if also else ''}, "
+                       f"got {v!r}")
+    return x
+
+
+def _resolve_layers(layers, band: list[float], n: int) -> list[int]:
+    """The edited decoder blocks: ``layers`` (indices, negative from the end) or the band."""
+    if layers is None:
+        resolved = band_layers(n, band)
+        if not resolved:
+            raise PktError(f"method.band {band} holds no layer of a model with {n} decoder layers")
+        return resolved
+    layers = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise PktError(f"method.layers must be a non-empty list of decoder block indices or "
+                       f"null (the band), got {layers!r}")
+    resolved = []
+    for layer in layers:
+        if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
+            raise PktError(f"method.layers: {layer!r} is out of range for a model with {n} "
+                           f"decoder layers (0..{n - 1})")
+        resolved.append(layer % n)
+    if len(set(resolved)) != len(resolved):
+        raise PktError(f"method.layers names a layer twice: {list(layers)}")
+    return sorted(resolved)
+
+
+class DpnMethod(Method):
+    def __init__(self, ctx: Setting, name: str = "dpn", strength: float | str = "auto",
+                 quantile: float = 0.995, d_threshold: float = 0.8,
+                 layers: list[int] | None = None, band: list[float] | tuple = DEFAULT_BAND,
+                 weighting: str = "none", neuron_mode: str = "both",
+                 include_prompt: bool = False, recompute: bool = False,
+                 batch_size: int | None = None, neurons_from: str | None = None,
+                 strength_grid: list[float] | tuple = AUTO_GRID, max_ppl_ratio: float = 1.15,
+                 min_mc_ratio: float = 0.95, auto_n_mc: int | None = None):
+        n = len(decoder_layers(ctx.lm.model))
+        if batch_size is None:
+            batch_size = ctx.gen.batch_size
+        self.auto = isinstance(strength, str) and strength.strip().lower() == "auto"
+        if not self.auto:
+            _number("strength", strength, lo=0.0, also="or 'auto'")
+        quantile = _number("quantile", quantile)
+        if not 0.0 < quantile < 1.0:
+            raise PktError(f"method.quantile must be in (0, 1), got {quantile}")
+        d_threshold = _number("d_threshold", d_threshold, lo=0.0)
+        if weighting not in WEIGHTINGS:
+            raise PktError(f"unknown method.weighting {weighting!r} (choose from: "
+                           f"{', '.join(WEIGHTINGS)})")
+        if neuron_mode not in NEURON_MODES:
+            raise PktError(f"unknown method.neuron_mode {neuron_mode!r} (choose from: "
+                           f"{', '.join(NEURON_MODES)})")
+        if not (isinstance(band, (list, tuple)) and len(band) == 2
+                and all(_is_number(x) for x in band) and 0 <= band[0] < band[1] <= 1):
+            raise PktError(f"method.band must be [start, end] with 0 <= start < end <= 1 "
+                           f"(fractions of the depth), got {band}")
+        band = [float(x) for x in band]
+        resolved = _resolve_layers(layers, band, n)
+        batch_size = int(_number("batch_size", batch_size, lo=1.0, also="or null", integer=True))
+        super().__init__(ctx, name, strength=strength, quantile=float(quantile),
+                         d_threshold=float(d_threshold), layers=resolved, band=band,
+                         weighting=weighting, neuron_mode=neuron_mode,
+                         include_prompt=bool(include_prompt), neurons_from=neurons_from)
+        if self.auto:
+            if not (isinstance(strength_grid, (list, tuple)) and strength_grid
+                    and all(_is_number(x) and x >= 0 for x in strength_grid)):
+                raise PktError(f"method.strength_grid must be a non-empty list of finite numbers "
+                               f">= 0, got {strength_grid}")
+            self.grid = sorted(float(x) for x in strength_grid)
+            self.bounds = {"max_ppl_ratio": _number("max_ppl_ratio", max_ppl_ratio, lo=0.0,
+                                                    above=True),
+                           "min_mc_ratio": _number("min_mc_ratio", min_mc_ratio, lo=0.0)}
+            self.auto_n_mc = None if auto_n_mc is None else int(_number(
+                "auto_n_mc", auto_n_mc, lo=1.0, also="or null", integer=True))
+            self.params.update(strength_grid=self.grid, **self.bounds)
+            self.strength = self.grid[0]  # replaced by the choice in prepare()
+        else:
+            self.strength = float(strength)
+            self.params["strength"] = self.strength
+        self.quantile, self.d_threshold = float(quantile), float(d_threshold)
+        self.layers, self.band = resolved, band
+        self.weighting, self.neuron_mode = weighting, neuron_mode
+        self.include_prompt, self.recompute = bool(include_prompt), bool(recompute)
+        self.batch_size = batch_size
+        self.neurons_from = neurons_from
+        self.store = ArtifactStore(Path(ctx.cache_dir) / "artifacts")
+        self.delta: torch.Tensor | None = None  # [layers, width] float64
+        self.d: torch.Tensor | None = None
+        self.high: torch.Tensor | None = None  # bool [layers, width]
+        self.low: torch.Tensor | None = None
+        self.auto_chosen: float | None = None
+        self._measured: dict[tuple[float, str], dict] = {}
+
+    # -- identification -------------------------------------------------------------------
+    def stats_key(self) -> dict:
+        ctx = self.ctx
+        return {"stage": "dpn-statistics", "version": STATS_VERSION, "model": ctx.lm.name,
+                "model_fingerprint": ctx.lm.fingerprint, "trait": ctx.bench.trait,
+                "data_hash": ctx.bench.data_hash,
+                "search_ids": [int(r["_line"]) for r in ctx.bench.search], "seed": ctx.seed,
+                "prompt": prompts.ROLEPLAY, "site": "mlp.down_in", "position": "last",
+                "dtype": str(next(ctx.lm.model.parameters()).dtype).removeprefix("torch.")}
+
+    def _load_statistics(self) -> tuple[dict, str, bool]:
+        """(statistics, artifact name or path, cache hit)."""
+        ctx = self.ctx
+        if self.neurons_from:
+            path = Path(self.neurons_from)
+            meta = read_meta(path, "dpn_statistics")
+            fp = meta["key"].get("model_fingerprint")
+            if fp != ctx.lm.fingerprint:
+                raise PktError(f"DPN statistics {path} were made for another model (fingerprint "
+                               f"{fp}, this model {ctx.lm.fingerprint})")
+            if meta["key"].get("trait") != ctx.bench.trait:
+                raise PktError(f"DPN statistics {path} are for trait {meta['key'].get('trait')}, "
+                               f"not {ctx.bench.trait}")
+            return load_file(str(path / "moments.safetensors")), str(path), True
+        key = self.stats_key()
+        path = None if self.recompute else self.store.load("dpn_statistics", key)
+        if path is not None:
+            return load_file(str(path / "moments.safetensors")), path.name, True
+        if not ctx.compute:
+            raise identify.NotIdentified(f"no DPN statistics of {ctx.bench.trait} are cached "
+                                         f"yet for {ctx.lm.name} with these settings")
+        st = statistics(ctx.lm, ctx.bench, ctx.seed, self.batch_size, ctx.progress)
+        path = self.store.save("dpn_statistics", key,
+                               lambda tmp: save_file(st, str(tmp / "moments.safetensors")),
+                               extra={"model": ctx.lm.name, "trait": ctx.bench.trait,
+                                      "n_prompts": {a: int(st[f"{a}.n"]) for a in ASPECTS}})
+        return st, path.name, False
+
+    def prepare(self, out: Outputs | None = None) -> Prepared:
+        ctx = self.ctx
+        self.out = out
+        st, name, hit = self._load_statistics()
+        n_layers, width = st["high.mean"].shape
+        if (n_layers, width) != (len(decoder_layers(ctx.lm.model)), mlp_width(ctx.lm.model)):
+            raise PktError(f"DPN statistics {name} have shape {n_layers}x{width}, not this "
+                           f"model's layers x MLP width")
+        self.prepared.artifacts["neurons_from" if self.neurons_from else "dpn_statistics"] = name
+        self.prepared.fresh = not hit
+        self.delta, self.d = effect_sizes(st)
+        self.high, self.low = select(self.delta, self.d, self.layers, self.quantile,
+                                     self.d_threshold)
+        edit = self.unit_edit()
+        m = self.prepared.metrics
+        m["dpn_stats_cached"] = hit
+        for a in ASPECTS:
+            m[f"search_prompts_{a}"] = int(st[f"{a}.n"])
+        m["neurons_high"], m["neurons_low"] = int(self.high.sum()), int(self.low.sum())
+        m["neurons_edited"] = int((edit != 0).sum())
+        m["neurons_edited_frac"] = m["neurons_edited"] / (n_layers * width)
+        m["neurons_per_layer"] = {a: s.sum(1).tolist() for a, s in
+                                  (("high", self.high), ("low", self.low))}
+        m["d_abs_max"] = float(self.d[self.layers].abs().max())
+        if not m["neurons_edited"]:
+            log.warning("method=dpn: no neuron of layers %s passes quantile %s and d_threshold %s "
+                        "(largest |d| %.3f): the model is left as it is", self.layers,
+                        self.quantile, self.d_threshold, m["d_abs_max"])
+        if out is not None:
+            self._outputs(out)
+        if self.auto:
+            self.strength, trials = self._auto_strength()
+            self.auto_chosen = self.strength
+            m["strength_auto"] = {"chosen": self.strength, "trials": trials, **self.bounds,
+                                  "n_mc": self._n_mc()}
+            self.params["strength"] = self.strength
+            self.params["strength_mode"] = "auto"
+        return self.prepared
+
+    def _outputs(self, out: Outputs) -> None:
+        """The selected neurons (layer, index, delta, d) and a per-layer plot, in the run dir."""
+        ctx = self.ctx
+        rows = {a: [[int(li), int(j), float(self.delta[li, j]), float(self.d[li, j])]
+                    for li, j in s.nonzero().tolist()] for a, s in (("high", self.high),
+                                                                   ("low", self.low))}
+        write_json_atomic(Path(out.run_dir) / "dpn_neurons.json",
+                          {"columns": ["layer", "index", "delta", "d"], **rows})
+        p = plots.neurons_per_layer(self.prepared.metrics["neurons_per_layer"],
+                                    f"{ctx.bench.trait}: {ctx.lm.name} - DPN neurons per layer",
+                                    Path(out.run_dir) / "neurons_per_layer.png")
+        if out.tracker is not None:
+            out.tracker.log_image("neurons/per_layer", p)
+
+    def _n_mc(self) -> int:
+        from pkt.eval.capability import load_mc
+
+        return len(load_mc(self.auto_n_mc))
+
+    def _auto_strength(self) -> tuple[float, list[dict]]:
+        """:func:`pkt.methods.neuron.choose_strength` over the grid, each probe with this
+        edit active (teacher-forced, the scored positions as generated ones); cached."""
+        from pkt.eval import capability
+        from pkt.methods.neuron import choose_strength
+
+        ctx = self.ctx
+        edit = {k: self.params[k] for k in ("quantile", "d_threshold", "layers", "weighting",
+                                            "neuron_mode", "include_prompt")}
+        key = {"stage": "dpn-auto-strength", "model_fingerprint": ctx.lm.fingerprint,
+               "statistics": self.prepared.artifacts.get("dpn_statistics") or str(self.neurons_from),
+               "aspect": ctx.aspect, "edit": edit, "grid": self.grid, **self.bounds,
+               "probe": capability.probe_hash(self.auto_n_mc), "search": SEARCH}
+        path = self.store.load("dpn_auto_strength", key)
+        if path is not None:
+            d = json.loads((path / "choice.json").read_text())
+            self.prepared.metrics["strength_auto_cached"] = True
+            return float(d["chosen"]), d["trials"]
+        if not ctx.compute:
+            raise identify.NotIdentified(f"strength=auto has not been chosen yet for "
+                                         f"{ctx.bench.trait} ({ctx.aspect}) on {ctx.lm.name}")
+        base = capability.base_figures(ctx.lm, ctx.cache_dir, self.auto_n_mc, ctx.gen.batch_size)
+
+        def probe(s: float, part: str) -> float:
+            scope = Scope.marked()
+            with self.intervention(scope=scope, strength=s):
+                now = capability.measure(ctx.lm, self.auto_n_mc, ctx.gen.batch_size, scope,
+                                         mc=part == "mc", ppl=part == "ppl")
+            self._measured[(s, part)] = now
+            if part == "ppl":
+                r = now["ppl"] / base["ppl"]
+            else:
+                r = now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else 1.0
+            log.info("dpn strength=auto: %.2f -> %s ratio %.3f", s, part, r)
+            return r
+
+        chosen, trials = choose_strength(self.grid, lambda s: probe(s, "ppl"),
+                                         lambda s: probe(s, "mc"), **self.bounds)
+        if not next(t["within"] for t in trials if t["strength"] == chosen):
+            log.warning("dpn strength=auto: even strength %.2f is out of the capability "
+                        "bounds; using it", chosen)
+        self.store.save("dpn_auto_strength", key, lambda tmp: (tmp / "choice.json").write_text(
+            json.dumps({"chosen": chosen, "trials": trials}, indent=2)))
+        self.prepared.metrics["strength_auto_cached"] = False
+        self.prepared.fresh = True
+        return chosen, trials
+
+    def capability_measured(self, n_mc: int | None) -> dict | None:
+        """The figures strength=auto measured at the strength in use on the same items (the
+        evaluation's probe is the same measurement); None when not both were probed."""
+        if not self.auto or n_mc != self.auto_n_mc or self.strength != self.auto_chosen:
+            return None
+        mc, ppl = self._measured.get((self.strength, "mc")), self._measured.get((self.strength, "ppl"))
+        return {**mc, **ppl} if mc is not None and ppl is not None else None
+
+    # -- editing ------------------------------------------------------------------------
+    def unit_edit(self, aspect: str | None = None) -> torch.Tensor:
+        """This trait's addition per neuron at strength 1 (float32 ``[layers, width]``)."""
+        if self.delta is None:
+            raise PktError("method=dpn: call prepare() before intervention()")
+        return unit_edit(self.delta, self.d, self.high, self.low, aspect or self.ctx.aspect,
+                         self.neuron_mode, self.weighting)
+
+    def additions(self, strength: float | None = None) -> dict[int, torch.Tensor]:
+        """What is added to each edited layer's down projection input (``[width]``)."""
+        s = self.strength if strength is None else float(strength)
+        edit = self.unit_edit() * s
+        return {i: edit[i] for i in range(edit.shape[0]) if bool((edit[i] != 0).any())}
+
+    def intervention(self, scope: Scope | None = None, strength: float | None = None):
+        return steer_down_in(self.ctx.lm.model, self.additions(strength), self.include_prompt,
+                             scope)
+
+    # -- profiles ------------------------------------------------------------------------
+    def use_profile_strength(self, strength: float | None) -> None:
+        """A strength given by the profile replaces method.strength (and ``auto``)."""
+        super().use_profile_strength(strength)
+        if strength is not None:
+            self.auto = False
+            self.strength = float(strength)
+            self.params["strength"] = self.strength
+
+    @classmethod
+    def profile_additions(cls, parts: list[DpnMethod]) -> dict[int, torch.Tensor]:
+        """The sum over the traits of their additions per neuron (each trait its own
+        neurons, sign, weights and strength), over the union of their edited layers."""
+        adds: dict[int, torch.Tensor] = {}
+        for m in parts:
+            for i, v in m.additions().items():
+                adds[i] = adds[i] + v if i in adds else v
+        return adds
+
+    @classmethod
+    def profile_intervention(cls, parts: list[DpnMethod], profile, scope=None):
+        """A profile edits the sum of every trait's additions: neuron ``j`` of layer ``l``
+        gets ``sum_t strength_t * sign_t * delta_t[l, j] * w_t[l, j]`` over the traits ``t``
+        that select it (a neuron two traits push in opposite directions gets the net
+        amount); the positions are those of the first trait's ``include_prompt``."""
+        return steer_down_in(parts[0].ctx.lm.model, cls.profile_additions(parts),
+                             parts[0].include_prompt, scope)
+
+    @classmethod
+    def profile_info(cls, parts: list[DpnMethod], profile) -> dict:
+        count = torch.stack([m.unit_edit() != 0 for m in parts]).sum(0)
+        return {"rule": "sum", "edited": int((count > 0).sum()), "shared": int((count > 1).sum())}
