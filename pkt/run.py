@@ -193,6 +193,7 @@ def run(cfg: DictConfig) -> dict:
         raise PktError(f"output folder is not writable: {run_dir} ({e.strerror})") from None
     # every value checkable without data or model (and the judge endpoint), before any work
     validate(cfg)
+    cmdline.check_writable(Path(cfg.paths.cache_dir), "cache folder (paths.cache_dir, PKT_CACHE)")
     profile = profiles.from_run_config(cfg)
     multi = profiles.is_profile_run(cfg)
     scored = scored_traits(cfg, profile, multi)
@@ -254,7 +255,7 @@ def run(cfg: DictConfig) -> dict:
             "params": params, **prepared.metrics,
         }
         write_json_atomic(run_dir / "run_info.json", {
-            "command": " ".join(["python -m pkt.run", *sys.argv[1:]]),
+            "command": repeat_command(),
             "overrides": list(HydraConfig.get().overrides.task),
             "data_hash": {t: b.data_hash for t, b in benches.items()} if multi
             else benches[cfg.trait.name].data_hash,
@@ -289,6 +290,19 @@ def run(cfg: DictConfig) -> dict:
         raise
     finally:
         finish_tracker(tracker, 0 if ok else 130 if stopped else 1)
+
+
+def repeat_command() -> str:
+    """The command that repeats this job: ``python -m pkt.run`` and the job's own overrides
+    (a sweep job's composed values, whichever launcher started it; not ``sys.argv``, which
+    is the whole sweep's, or submitit's ``.submitit/%j`` folder)."""
+    import shlex
+
+    hc = HydraConfig.get()
+    name = hc.job.get("config_name")
+    words = ["python", "-m", "pkt.run", *([f"--config-name={name}"] if name and name != "config"
+                                           else []), *hc.overrides.task]
+    return " ".join(shlex.quote(str(w)) for w in words)
 
 
 def finish_tracker(tracker, exit_code: int) -> None:
@@ -348,12 +362,52 @@ def main(cfg: DictConfig):
         raise cmdline.fail(message, cmdline.interrupt_code(e)) from None
     except Exception as e:
         err = cmdline.user_error(e)
-        if err is None:
+        if err is None and isinstance(e, OSError):  # the machine's: a full disk, permissions
+            err = PktError(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
+        sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
+        if err is None:  # a bug: Hydra's traceback, and its first line in error.txt
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            write_error(run_dir, f"unexpected {type(e).__name__}" + (f": {first}" if first else ""))
+            if sweep_job:
+                log.exception("unexpected error")  # into this job's run.log
             raise
         write_error(run_dir, str(err))
         if is_interrupt(err):
             raise cmdline.fail(str(err), getattr(err, "code", EXIT["interrupted"])) from None
+        if sweep_job:  # the other jobs go on; the line is said at the sweep's end (pkt.sweep)
+            log.error("%s", err)
+            return None
         raise cmdline.fail(str(err)) from None
+
+
+def launch(multirun: bool) -> None:
+    """``main()``; after a sweep, its summary (pkt.sweep: summary.md/.csv in the sweep dir,
+    one ``pkt: error:`` line per failed job and exit status 2 when a job failed)."""
+    from pkt import sweep
+
+    if not multirun:
+        main()
+        return
+    sys.argv.append(sweep.CALLBACK)  # tells pkt.sweep where the sweep's dir is
+    try:
+        main()
+    except BaseException:
+        sweep.finish(quiet=True)  # the summary of what ran; the line the user sees is the stop's
+        raise
+    code = cmdline.guarded(sweep.finish)
+    if code:
+        raise SystemExit(code)
+
+
+def sweep_launcher(argv: list[str]) -> bool:
+    """Whether ``argv`` is a sweep; its launcher must run here (SLURM without sbatch, a
+    missing plugin: one line and exit status 2, before any job)."""
+    from pkt.sweep import check_launcher
+
+    try:
+        return check_launcher(argv)
+    except PktError as e:
+        raise cmdline.fail(str(e)) from None
 
 
 def cli() -> None:
@@ -362,11 +416,15 @@ def cli() -> None:
     cmdline.handle_sigterm()
     try:
         cmdline.preflight_or_exit(sys.argv[1:], preflight)
-        if {"-m", "--multirun"} & set(sys.argv[1:]):
-            from pkt.validation import validate_sweep
+        multirun = sweep_launcher(sys.argv[1:])
+        from pkt.validation import check_composes, validate_sweep
 
+        if {"-m", "--multirun"} & set(sys.argv[1:]):
             cmdline.preflight_or_exit(sys.argv[1:], validate_sweep)  # every job, first
-        main()
+        elif not {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
+                  "--shell-completion", "-sc"} & {a.partition("=")[0] for a in sys.argv[1:]}:
+            cmdline.preflight_or_exit(sys.argv[1:], check_composes)
+        launch(multirun)
     except KeyboardInterrupt as e:  # outside a job: composing the config, Hydra's own work
         raise cmdline.fail(NOT_KEPT, cmdline.interrupt_code(e)) from None
 

@@ -211,6 +211,36 @@ def validate(cfg: DictConfig, endpoint: bool = True) -> None:
             check_judge_endpoint(node, judge)
 
 
+def composition_error(e: BaseException) -> str:
+    """Hydra's multi-line composition error as one line (its first line, and its hint)."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    if not lines:
+        return type(e).__name__
+    out = lines[0].rstrip(".")
+    cause = str(e.__cause__ or "")
+    if "not in struct" in cause or "not in struct" in str(e):
+        out += " (no such key)"
+    hint = next((x for x in lines[1:] if x.startswith("To append")), None)
+    if hint:
+        out += f"; {hint[0].lower()}{hint[1:]}"
+    return out
+
+
+def check_composes(argv: list[str], config_name: str = "config") -> None:
+    """The command line's overrides compose (Hydra's own errors, e.g. an unknown key, as one
+    line before Hydra prints them over several)."""
+    from hydra import compose, initialize_config_dir
+
+    from pkt.resources import CONF_DIR
+
+    args = [a for a in argv if not a.startswith("-")]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            compose(config_name=config_name, overrides=args, return_hydra_config=True)
+        except Exception as e:  # Hydra's composition and override-parsing errors
+            raise PktError(composition_error(e)) from None
+
+
 def sweep_jobs(argv: list[str]) -> list[list[str]]:
     """The jobs a ``-m`` command line would run, as Hydra's basic sweeper splits them: the
     config's ``hydra.sweeper.params`` (e.g. an experiment's) then the command line's
@@ -258,8 +288,7 @@ def validate_sweep(argv: list[str]) -> int:
             try:
                 cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
             except Exception as e:  # Hydra's composition errors, e.g. an unknown key
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise PktError(f"sweep job #{i} ({label}): {first}") from None
+                raise PktError(f"sweep job #{i} ({label}): {composition_error(e)}") from None
             try:
                 validate(cfg, endpoint=i == 0)
             except PktError as e:

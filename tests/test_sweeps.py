@@ -22,3 +22,10 @@ def test_an_override_that_replaces_a_sweep_axis_is_a_warning(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert ("pkt: warning: gen.max_new_tokens=4 replaces the sweep axis "
             "gen.max_new_tokens=4,6 given before it") in r.stderr
+
+
+def test_an_unknown_key_is_one_line_not_hydras_page(tmp_path):
+    r = run_pkt([*TINY, "method.nosuch=1"], tmp_path)
+    assert r.returncode == 2 and stderr_lines(r) == [
+        "pkt: error: Could not override 'method.nosuch' (no such key); to append to your "
+        "config use +method.nosuch=1"], r.stderr
