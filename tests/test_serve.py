@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -303,6 +304,25 @@ def test_bad_values(srv):
     check_error(srv, srv.http.get("/v1/nothing"), 404, None, "not_found")
 
 
+def test_max_tokens_limit_before_work_and_cap_to_context(srv):
+    """Above serve.max_tokens_limit: 400 before any work (issue 26); at the limit: served,
+    capped to what the context leaves."""
+    before = srv.healthy()["requests"]
+    check_error(srv, srv.chat(max_tokens=10**9), 400, "max_tokens", "invalid_value",
+                "'max_tokens' must be <= 2048 (this server's serve.max_tokens_limit)")
+    check_error(srv, srv.chat(max_tokens=None, max_completion_tokens=2049), 400,
+                "max_completion_tokens", "invalid_value", "got 2049")
+    assert srv.healthy()["requests"] == before + 2  # check_error's own requests only
+    ctx = srv.service.decoder.context_length
+    overhead = srv.chat(max_tokens=1).json()["usage"]["prompt_tokens"] - len(Q)
+    long = "x" * (ctx - overhead - 10)  # one token per byte: 10 tokens left
+    r = srv.chat(messages=[{"role": "user", "content": long}], max_tokens=2048,
+                 ignore_eos=True).json()
+    assert r["usage"]["completion_tokens"] == 10 and r["usage"]["total_tokens"] == ctx
+    assert r["choices"][0]["finish_reason"] == "length"
+    assert srv.healthy()["last"]["max_tokens"] == 10
+
+
 def test_client_disconnects_mid_stream(srv):
     """Decoding stops early when the client goes away, and the lock is given back."""
     before = srv.healthy()["cancelled"]
@@ -340,6 +360,10 @@ def test_identify_off_refuses_with_409(lm, tmp_path):
                     "trait_not_identified", "serve.identify=false")
         check_error(s, s.chat(model="tiny_random+extraversion:high@actadd"), 409,
                     "personality", "trait_not_identified")
+        r = s.http.post("/v1/chat/completions", json={  # a stream too: a status, not a stream
+            "model": "tiny_random+extraversion:high", "stream": True,
+            "messages": [{"role": "user", "content": Q}]})
+        check_error(s, r, 409, "personality", "trait_not_identified")
         r = s.chat(model="tiny_random+agreeableness:low:0.5")  # cached: served
         assert r.status_code == 200 and "x-pkt-identified" not in r.headers
 
@@ -363,16 +387,26 @@ def test_cli_config_errors():
            ("serve.n_search=0", "serve.n_search must be an integer >= 1 or null"),
            ("serve.temperature=-1", "serve.temperature must be a number >= 0"),
            ("serve.preload=[extraversion:loud]", "serve.preload: personality term"),
-           ("serve.max_tokens=abc", "serve.max_tokens must be an integer >= 1")]
+           ("serve.max_tokens=abc", "serve.max_tokens must be an integer >= 1"),
+           ("serve.max_tokens_limit=0", "serve.max_tokens_limit must be an integer >= 1, got 0"),
+           ("serve.max_tokens=4096", "serve.max_tokens must be <= serve.max_tokens_limit "
+                                     "(2048), got 4096"),
+           ("serve.progress_interval=0", "serve.progress_interval must be a number > 0"),
+           ("+serve.params.neuron.strength=-1", "serve.params.neuron: method.strength"),
+           ("serve.log_level=loud", "unknown serve.log_level 'loud' (choose from: critical")]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="serve", overrides=["model=tiny_random"])
         s, host, port, _ = settings_from_cfg(cfg)
         assert (host, port, s.n_search, s.method, s.identify) == ("127.0.0.1", 8000, None,
                                                                   "neuron", True)
+        assert (s.max_tokens, s.max_tokens_limit, s.cache_dir) == (128, 2048,
+                                                                   str(cfg.paths.cache_dir))
         for override, msg in bad:
             cfg = compose(config_name="serve", overrides=["model=tiny_random", override])
-            with pytest.raises(pkt.PktError, match=msg.replace("[", r"\[")):
+            with pytest.raises(pkt.PktError, match=re.escape(msg)):
                 settings_from_cfg(cfg)
+    with pytest.raises(pkt.PktError, match="serve.port must be an integer 0..65535, got -1"):
+        Settings(port=-1)  # the same line from Python
 
 
 def test_cli_serves_and_reports_bad_config_in_one_line(tmp_path):
@@ -437,7 +471,7 @@ def test_embedded_openai_client_completion_stream_and_personality(tmp_path, monk
 
 
 def test_fifo_lock_serves_in_arrival_order():
-    from pkt.serve.app import FifoLock
+    from pkt.serve.lock import FifoLock
 
     lock, order = FifoLock(), []
     lock.acquire()

@@ -14,16 +14,17 @@ import socket
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pkt import hydra_setup  # noqa: F401 (pkt's config resolvers)
 from pkt.errors import PktError
 from pkt.resources import CONF_DIR
 
-SERVE_KEYS = ("host", "port", "identify", "n_search", "search_max_new_tokens", "params", "max_tokens",
-              "method", "temperature", "repetition_penalty", "preload", "cache_size",
-              "log_level")
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+def serve_keys() -> tuple[str, ...]:
+    from pkt.serve.settings import Settings
+
+    return Settings.serve_keys()
 
 
 def preflight(argv: list[str]) -> None:
@@ -42,8 +43,9 @@ def preflight(argv: list[str]) -> None:
             if value not in models:
                 raise PktError(f"unknown model '{value}' (choose from: {', '.join(models)})")
         elif top == "serve":
-            if sub not in SERVE_KEYS:
-                raise PktError(f"unknown key serve.{sub} (serve keys: {', '.join(SERVE_KEYS)})")
+            if sub not in serve_keys():
+                raise PktError(f"unknown key serve.{sub} (serve keys: "
+                               f"{', '.join(serve_keys())})")
         elif key == "paths.output_dir" and "$" not in value:
             check_writable(__import__("pathlib").Path(value))
         elif top not in ("model", "paths", "seed", "hydra"):
@@ -51,85 +53,13 @@ def preflight(argv: list[str]) -> None:
                            f"serve.*)")
 
 
-def _int(node, key: str, lo: int, hi: int | None = None, null: bool = False) -> int | None:
-    v = node.get(key)
-    if v is None and null:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise PktError(f"serve.{key} must be an integer {rng}{' or null' if null else ''}, "
-                       f"got {v!r}")
-    return v
-
-
-def _float(node, key: str, lo: float, hi: float, lo_open: bool = False) -> float:
-    v = node.get(key)
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-    if ok:
-        ok = (v > lo if lo_open else v >= lo) and v <= hi
-    if not ok:
-        raise PktError(f"serve.{key} must be a number {'>' if lo_open else '>='} {lo:g} and "
-                       f"<= {hi:g}, got {v!r}")
-    return float(v)
-
-
 def settings_from_cfg(cfg: DictConfig):
-    """(Settings, host, port, log level) from the composed config; PktError on a bad value."""
-    from pkt.serve.app import Settings
-    from pkt.serve.personas import parse_shorthand, served_methods
+    """(Settings, host, port, log level) from the composed config; PktError on a bad value
+    (the checks are :class:`pkt.serve.settings.Settings`'s)."""
+    from pkt.serve.settings import Settings
 
-    node = OmegaConf.to_container(cfg.serve, resolve=True)
-    host = node.get("host")
-    if not isinstance(host, str) or not host:
-        raise PktError(f"serve.host must be a host name or address, got {host!r}")
-    port = _int(node, "port", 0, 65535)
-    if not isinstance(node.get("identify"), bool):
-        raise PktError(f"serve.identify must be true or false, got {node.get('identify')!r}")
-    method = node.get("method")
-    if method not in served_methods():
-        raise PktError(f"unknown serve.method '{method}' (choose from: "
-                       f"{', '.join(served_methods())})")
-    preload = node.get("preload") or []
-    if isinstance(preload, str):
-        preload = [preload]
-    if not isinstance(preload, list):
-        raise PktError(f"serve.preload must be a list of personalities, got {preload!r}")
-    for p in preload:
-        try:
-            parse_shorthand(str(p), method, "serve.preload")
-        except PktError as e:
-            raise PktError(f"serve.preload: {e}") from None
-    params = node.get("params") or {}
-    if not isinstance(params, dict) or any(not isinstance(v, dict) for v in params.values()):
-        raise PktError(f"serve.params must map a method to its parameters, e.g. "
-                       f"{{neuron: {{strength: 1.5}}}}, got {params!r}")
-    for name, values in params.items():
-        if name not in served_methods():
-            raise PktError(f"unknown method serve.params.{name} (choose from: "
-                           f"{', '.join(served_methods())})")
-        from pkt.methods import registry
-        from pkt.params import check_params
-
-        try:  # the same declarations as the runner's method.* values
-            check_params(registry.method_class(name), values, "method", name, ("ctx", "name"))
-        except PktError as e:
-            raise PktError(f"serve.params.{name}: {e}") from None
-    level = node.get("log_level")
-    if level not in LOG_LEVELS:
-        raise PktError(f"unknown serve.log_level '{level}' (choose from: {', '.join(LOG_LEVELS)})")
-    seed = cfg.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise PktError(f"seed must be an integer, got {seed!r}")
-    settings = Settings(
-        identify=node["identify"], n_search=_int(node, "n_search", 1, null=True),
-        search_max_new_tokens=_int(node, "search_max_new_tokens", 1, null=True),
-        max_tokens=_int(node, "max_tokens", 1), method=method,
-        temperature=_float(node, "temperature", 0.0, 2.0),
-        repetition_penalty=_float(node, "repetition_penalty", 0.0, 10.0, lo_open=True),
-        seed=seed, cache_size=_int(node, "cache_size", 1), preload=tuple(map(str, preload)),
-        params=params,
-        cache_dir=str(cfg.paths.cache_dir))
-    return settings, host, port, level
+    s = Settings.from_cfg(cfg)
+    return s, s.host, s.port, s.log_level
 
 
 def check_port(host: str, port: int) -> None:

@@ -180,6 +180,7 @@ async function ask(cell, messages, personality) {
     }
     const ident = r.headers.get("X-PKT-Identified");
     if (ident) note.textContent = `identified ${ident} (first use) \u2022 `;
+    let waiting = !!r.headers.get("X-PKT-Identifying");  // progress comments until ready
     const reader = r.body.getReader(), dec = new TextDecoder();
     let buf = "";
     outer: while (true) {
@@ -191,11 +192,22 @@ async function ask(cell, messages, personality) {
         const event = buf.slice(0, i);
         buf = buf.slice(i + 2);
         for (const line of event.split("\n")) {
+          if (line.startsWith(": ")) {  // identification's progress, before the first chunk
+            note.textContent = line.slice(2);
+            waiting = true;
+            continue;
+          }
           if (!line.startsWith("data: ")) continue;
           const data = line.slice(6);
           if (data === "[DONE]") break outer;
           const j = JSON.parse(data);
           if (j.error) throw new Error(j.error.message);
+          if (waiting && j.personality) {
+            const got = j.personality.identified || [];
+            note.textContent = got.length ?
+              `identified ${got.join(",")} (first use) \u2022 ` : "";
+            waiting = false;
+          }
           if (j.usage) usage = j.usage;
           for (const c of j.choices || []) {
             if (c.delta && c.delta.content) { answer += c.delta.content; text.textContent = answer; }

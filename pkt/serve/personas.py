@@ -158,6 +158,9 @@ class PersonalityCache:
         # every (trait, method) this server identified or computed, in order
         self.identified: list[dict] = []
 
+    def cached(self, spec: Spec) -> bool:
+        return spec.key in self.items
+
     def get(self, spec: Spec, progress: bool = False):
         """(Personality, traits identified by this call); ``progress``: identification's
         progress bars on stderr."""
@@ -179,7 +182,8 @@ class PersonalityCache:
         params = dict(self.params.get(spec.method) or {}) if spec.profile else {}
         if self.search_max_new_tokens is not None and spec.profile and \
                 registry.accepts(spec.method, "search_gen"):
-            params["search_gen"] = {"max_new_tokens": self.search_max_new_tokens}
+            params["search_gen"] = {**(params.get("search_gen") or {}),
+                                    "max_new_tokens": self.search_max_new_tokens}
         try:
             pers = pkt.personality(self.lm, spec.profile, spec.method, seed=self.seed,
                                    n_search=self.n_search, data_path=self.data_path,
