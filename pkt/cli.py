@@ -150,11 +150,11 @@ def check_words(argv: list[str], prog: str, example: str) -> None:
             raise PktError(f"'{arg}' is not an override: write key=value, e.g. {example}")
 
 
-def check_writable(path: Path) -> None:
-    """The output folder (or its first existing ancestor) must be a writable directory."""
+def check_writable(path: Path, what: str = "output folder") -> None:
+    """``path`` (or its first existing ancestor) must be a writable directory."""
     p = path.absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
     if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
-        raise PktError(f"output folder is not writable: {path} ({p} is "
+        raise PktError(f"{what} is not writable: {path} ({p} is "
                        f"{'not a directory' if not p.is_dir() else 'read-only'})")

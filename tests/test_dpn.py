@@ -404,7 +404,7 @@ def test_the_config_states_the_class_defaults():
 @pytest.mark.parametrize("kw,msg", [
     ({"strength": "lots"}, "method.strength must be a finite number >= 0 or 'auto', got 'lots'"),
     ({"strength": -1}, "method.strength must be a finite number >= 0"),
-    ({"quantile": 1.0}, r"method.quantile must be in \(0, 1\), got 1.0"),
+    ({"quantile": 1.0}, r"method.quantile must be a finite number in \(0, 1\), got 1.0"),
     ({"d_threshold": -0.1}, "method.d_threshold must be a finite number >= 0"),
     ({"weighting": "linear"}, "unknown method.weighting 'linear' \\(choose from: none, rank\\)"),
     ({"neuron_mode": "all"}, "unknown method.neuron_mode 'all'"),

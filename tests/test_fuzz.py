@@ -51,7 +51,7 @@ NEEDS = {
 }
 # values a constructor may still refuse after the validator passed, because only the loaded
 # model knows (the decoder block indices of actadd)
-NEEDS_THE_MODEL = {("method=actadd", "method.layers")}
+NEEDS_THE_MODEL = {("method=actadd", "method.layers"), ("method=dpn", "method.layers")}
 
 NUMBER = ["abc", "-1", "nan", "0", "1e30", "1000000000000", "-inf"]
 STRING = ["123", "[a,b]", "''", "zzz_not_a_choice"]

@@ -23,13 +23,14 @@ of the method's class (``profile_prompt`` / ``profile_intervention``).
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pkt import prompts
 from pkt.generation import GenConfig, Generation, GenStats, chat_prompt, generate
-from pkt.params import AT_LEAST_1, Rule
+from pkt.params import AT_LEAST_1, Rule, check_params
 
 
 @dataclass
@@ -75,6 +76,25 @@ class Method:
     profile_support: bool | str = True
     # what parameters accept beyond their annotations (pkt.params; subclasses extend it)
     RULES: dict = {"name": Rule(nonempty=True), "batch_size": AT_LEAST_1}
+
+    def __init_subclass__(cls, **kw):
+        """A method's keyword parameters are checked against its signature and ``RULES``
+        (pkt.params) before its constructor runs: the declarations the runner's
+        pre-flight reads are the ones construction reads, whoever builds the method."""
+        super().__init_subclass__(**kw)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_checked", False):
+            return
+
+        @functools.wraps(init)
+        def checked(self, ctx, *args, **kwargs):
+            if type(self) is cls and not args:
+                check_params(cls, kwargs, "method", kwargs.get("name") or cls.__name__,
+                             runtime=("ctx",))
+            init(self, ctx, *args, **kwargs)
+
+        checked._checked = True
+        cls.__init__ = checked
 
     def __init__(self, ctx: Setting, name: str, **params):
         self.ctx, self.name, self.params = ctx, name, dict(params)

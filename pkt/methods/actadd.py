@@ -16,7 +16,6 @@ fingerprint, trait, data, search questions, layers, position and seed.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -154,10 +153,6 @@ class ActAddMethod(Method):
             batch_size = ctx.gen.batch_size
         super().__init__(ctx, name, layers=layers, coefficient=coefficient, position=position,
                          include_prompt=include_prompt)
-        if not math.isfinite(float(coefficient)):
-            raise PktError(f"method.coefficient must be a finite number, got {coefficient}")
-        if position not in POSITIONS:
-            raise PktError(f"unknown method.position '{position}' (choose from: {', '.join(POSITIONS)})")
         if not layers:
             raise PktError("method.layers is empty (give decoder block indices, e.g. [15])")
         resolved = []

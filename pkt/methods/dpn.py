@@ -45,6 +45,7 @@ from pkt.hooks import Scope, hooked
 from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.neurons import identify
 from pkt.neurons.sites import decoder_layers, mlp_width, require_one_device
+from pkt.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Rule, check_folder
 
 log = logging.getLogger(__name__)
 
@@ -248,23 +249,6 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _number(key: str, v, lo: float | None = None, also: str = "", above: bool = False,
-            integer: bool = False) -> float:
-    """``v`` as a finite number (``>= lo``, or ``> lo`` with ``above``; an integer with
-    ``integer``), else one PktError line naming method.<key>."""
-    ok = isinstance(v, int) if integer else True
-    try:
-        x = float(v) if ok and not isinstance(v, bool) else math.nan
-    except (TypeError, ValueError):
-        x = math.nan
-    if not math.isfinite(x) or (lo is not None and (x <= lo if above else x < lo)):
-        what = "an integer" if integer else "a finite number"
-        bound = f" {'>' if above else '>='} {lo:g}" if lo is not None else ""
-        raise PktError(f"method.{key} must be {what}{bound}{' ' + also if also else ''}, "
-                       f"got {v!r}")
-    return x
-
-
 def _resolve_layers(layers, band: list[float], n: int) -> list[int]:
     """The edited decoder blocks: ``layers`` (indices, negative from the end) or the band."""
     if layers is None:
@@ -287,7 +271,28 @@ def _resolve_layers(layers, band: list[float], n: int) -> list[int]:
     return sorted(resolved)
 
 
+def _check_band(where: str, v) -> None:
+    if not (isinstance(v, (list, tuple)) and len(v) == 2
+            and all(_is_number(x) for x in v) and 0 <= v[0] < v[1] <= 1):
+        raise PktError(f"{where} must be [start, end] with 0 <= start < end <= 1 "
+                       f"(fractions of the depth), got {list(v) if isinstance(v, tuple) else v}")
+
+
 class DpnMethod(Method):
+    RULES = {**Method.RULES,
+             "strength": Rule(lo=0, choices=("auto",), fold=True),
+             "quantile": Rule(lo=0, hi=1, lo_open=True, hi_open=True),
+             "d_threshold": NON_NEGATIVE,
+             "layers": Rule(nonempty=True),
+             "band": Rule(check=_check_band),
+             "weighting": Rule(choices="pkt.methods.dpn:WEIGHTINGS"),
+             "neuron_mode": Rule(choices="pkt.methods.dpn:NEURON_MODES"),
+             "neurons_from": Rule(check=check_folder),
+             "strength_grid": Rule(lo=0, each=True, nonempty=True),
+             "max_ppl_ratio": POSITIVE,
+             "min_mc_ratio": NON_NEGATIVE,
+             "auto_n_mc": AT_LEAST_1}
+
     def __init__(self, ctx: Setting, name: str = "dpn", strength: float | str = "auto",
                  quantile: float = 0.995, d_threshold: float = 0.8,
                  layers: list[int] | None = None, band: list[float] | tuple = DEFAULT_BAND,
@@ -299,41 +304,20 @@ class DpnMethod(Method):
         n = len(decoder_layers(ctx.lm.model))
         if batch_size is None:
             batch_size = ctx.gen.batch_size
+        # types and ranges: RULES (checked before this constructor runs)
         self.auto = isinstance(strength, str) and strength.strip().lower() == "auto"
-        if not self.auto:
-            _number("strength", strength, lo=0.0, also="or 'auto'")
-        quantile = _number("quantile", quantile)
-        if not 0.0 < quantile < 1.0:
-            raise PktError(f"method.quantile must be in (0, 1), got {quantile}")
-        d_threshold = _number("d_threshold", d_threshold, lo=0.0)
-        if weighting not in WEIGHTINGS:
-            raise PktError(f"unknown method.weighting {weighting!r} (choose from: "
-                           f"{', '.join(WEIGHTINGS)})")
-        if neuron_mode not in NEURON_MODES:
-            raise PktError(f"unknown method.neuron_mode {neuron_mode!r} (choose from: "
-                           f"{', '.join(NEURON_MODES)})")
-        if not (isinstance(band, (list, tuple)) and len(band) == 2
-                and all(_is_number(x) for x in band) and 0 <= band[0] < band[1] <= 1):
-            raise PktError(f"method.band must be [start, end] with 0 <= start < end <= 1 "
-                           f"(fractions of the depth), got {band}")
         band = [float(x) for x in band]
         resolved = _resolve_layers(layers, band, n)
-        batch_size = int(_number("batch_size", batch_size, lo=1.0, also="or null", integer=True))
+        batch_size = int(batch_size)
         super().__init__(ctx, name, strength=strength, quantile=float(quantile),
                          d_threshold=float(d_threshold), layers=resolved, band=band,
                          weighting=weighting, neuron_mode=neuron_mode,
                          include_prompt=bool(include_prompt), neurons_from=neurons_from)
         if self.auto:
-            if not (isinstance(strength_grid, (list, tuple)) and strength_grid
-                    and all(_is_number(x) and x >= 0 for x in strength_grid)):
-                raise PktError(f"method.strength_grid must be a non-empty list of finite numbers "
-                               f">= 0, got {strength_grid}")
             self.grid = sorted(float(x) for x in strength_grid)
-            self.bounds = {"max_ppl_ratio": _number("max_ppl_ratio", max_ppl_ratio, lo=0.0,
-                                                    above=True),
-                           "min_mc_ratio": _number("min_mc_ratio", min_mc_ratio, lo=0.0)}
-            self.auto_n_mc = None if auto_n_mc is None else int(_number(
-                "auto_n_mc", auto_n_mc, lo=1.0, also="or null", integer=True))
+            self.bounds = {"max_ppl_ratio": float(max_ppl_ratio),
+                           "min_mc_ratio": float(min_mc_ratio)}
+            self.auto_n_mc = None if auto_n_mc is None else int(auto_n_mc)
             self.params.update(strength_grid=self.grid, **self.bounds)
             self.strength = self.grid[0]  # replaced by the choice in prepare()
         else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -18,7 +17,7 @@ from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.neurons import identify
 from pkt.neurons.induce import Induction, edit_tables
 from pkt.neurons.release import export_release, file_name, import_release
-from pkt.neurons.select import SELECTIONS, NeuronSet, resolve_k, select_sets
+from pkt.neurons.select import NeuronSet, resolve_k, select_sets
 from pkt.neurons.sites import shape
 from pkt.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Rule, check_folder
 
@@ -100,25 +99,16 @@ class NeuronMethod(Method):
                          keep_prob=keep_prob, deactivate=deactivate,
                          include_prompt=include_prompt, neurons_from=neurons_from,
                          selection=selection)
+        # types and ranges: RULES (checked before this constructor runs)
         self.auto = isinstance(strength, str) and strength.strip().lower() == "auto"
         if self.auto:
             self.grid = sorted(float(x) for x in (strength_grid or AUTO_GRID))
-            if not self.grid or any(not math.isfinite(x) or x < 0 for x in self.grid):
-                raise PktError(f"method.strength_grid must be finite numbers >= 0, got {strength_grid}")
             self.bounds = {"max_ppl_ratio": float(max_ppl_ratio), "min_mc_ratio": float(min_mc_ratio)}
             self.auto_n_mc = auto_n_mc
             self.params.update(strength_grid=self.grid, **self.bounds)
             self.strength = self.grid[0]  # replaced by the choice in prepare()
         else:
-            try:
-                self.strength = float(strength)
-            except (TypeError, ValueError):
-                raise PktError(f"method.strength must be a number >= 0 or 'auto', got {strength!r}") from None
-            # validate before any expensive work (Induction checks the same at apply time)
-            if not math.isfinite(self.strength) or self.strength < 0:
-                raise PktError(f"method.strength must be a finite number >= 0, got {strength}")
-        if selection not in SELECTIONS:
-            raise PktError(f"unknown method.selection '{selection}' (choose from: {', '.join(SELECTIONS)})")
+            self.strength = float(strength)
         self.selection = selection
         self.k_min, self.threshold = k_min, float(diff_threshold)
         self.keep_prob, self.deactivate, self.include_prompt = keep_prob, deactivate, include_prompt

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from pkt import prompts
-from pkt.errors import PktError
 from pkt.methods import Method, Setting
 from pkt.params import Rule
 from pkt.profiles import adjective, adjective_phrase
@@ -18,8 +17,6 @@ class PromptMethod(Method):
              "variant": Rule(choices="pkt.methods.prompt:VARIANTS", label="prompt variant")}
 
     def __init__(self, ctx: Setting, name: str = "prompt", variant: str = "simple"):
-        if variant not in VARIANTS:
-            raise PktError(f"unknown prompt variant '{variant}' (choose from: {', '.join(VARIANTS)})")
         super().__init__(ctx, name, variant=variant)
         self.variant = variant
 

@@ -186,19 +186,7 @@ class LoraMethod(Method):
                          max_length=max_length, grad_clip=grad_clip,
                          accumulate_grad_batches=accumulate_grad_batches, precision=precision,
                          adapter_from=adapter_from)
-        checks = [("rank", rank, int(rank) >= 1), ("alpha", alpha, float(alpha) > 0),
-                  ("dropout", dropout, 0.0 <= float(dropout) < 1.0),
-                  ("lr", lr, math.isfinite(float(lr)) and float(lr) > 0),
-                  ("batch_size", batch_size, int(batch_size) >= 1),
-                  ("max_epochs", max_epochs, int(max_epochs) >= 1),
-                  ("max_steps", max_steps, int(max_steps) >= 1 or int(max_steps) == -1),
-                  ("val_fraction", val_fraction, 0.0 < float(val_fraction) < 1.0),
-                  ("max_length", max_length, int(max_length) >= 2)]
-        for what, v, ok in checks:
-            if not ok:
-                raise PktError(f"method.{what} is out of range: {v}")
-        if str(strategy) not in STRATEGIES:
-            raise PktError(f"unknown method.strategy '{strategy}' (choose from: {', '.join(STRATEGIES)})")
+        # types and ranges: RULES (checked before this constructor runs)
         self.targets = targets
         self.accelerator, self.devices, self.strategy = accelerator, devices, str(strategy)
         self.gradient_checkpointing = bool(gradient_checkpointing)
