@@ -74,6 +74,8 @@ class Prepared:
 class Method:
     # False or a reason: the method cannot compose a profile
     profile_support: bool | str = True
+    # False: the method leaves the model as it is (base), so it cannot carry a personality
+    expresses_traits: bool = True
     # what parameters accept beyond their annotations (pkt.params; subclasses extend it)
     RULES: dict = {"name": Rule(nonempty=True), "batch_size": AT_LEAST_1}
 

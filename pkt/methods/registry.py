@@ -60,8 +60,9 @@ def accepts(name: str, param: str) -> bool:
 
 
 def profile_methods() -> list[str]:
-    """The methods that compose a profile of several traits."""
-    return [n for n in METHODS if lookup(n)[0].profile_support is True]
+    """The methods that express a profile of several traits."""
+    return [n for n in METHODS if lookup(n)[0].profile_support is True
+            and lookup(n)[0].expresses_traits]
 
 
 def compose(lm, profile, method: str, bench_for: Callable[[str], object], *,
