@@ -1,10 +1,11 @@
 """End to end through the commands a user types (subprocesses of python -m pkt.run)."""
 
 import json
+import os
 
 import pytest
 
-from tests.conftest import read_jsonl, run_dirs, run_pkt, stderr_lines
+from tests.conftest import MODEL_CACHE, read_jsonl, run_dirs, run_pkt, stderr_lines
 
 TINY = ["model=tiny_random", "gen.max_new_tokens=6", "search_gen.max_new_tokens=8",
         "data.n_search=6", "eval=none"]
@@ -124,6 +125,34 @@ def test_neuron_changes_most_responses_and_reuses_artifacts(tmp_path):
     assert [g["question"] for g in neuron] == [g["question"] for g in base]
     changed = sum(a["response"] != b["response"] for a, b in zip(neuron, base))
     assert changed >= 3
+    _same_personality_through_the_api_and_the_server(cache, mn, neuron)
+
+
+def _same_personality_through_the_api_and_the_server(cache, mn: dict, neuron: list[dict]):
+    """NPTI with strength=auto on the embedded model, as the runner just made it: the API
+    and the server build the same personality from the same cached artifacts (nothing is
+    computed again: compute=False / serve.identify=false) and give the same tokens. The API
+    answers in the runner's batch (same padding, same float rounding); the server decodes one
+    request at a time, so it is compared with the API answering one question at a time."""
+    import pkt
+    from pkt.serve import Settings
+    from tests.test_serve import Running
+
+    os.environ.setdefault("PKT_MODEL_CACHE", str(MODEL_CACHE))
+    lm = pkt.load_model("smollm2_135m")
+    auto = {"strength_grid": [1.0, 2.0], "auto_n_mc": 10}
+    pers = pkt.personality(lm, "extraversion:high", "neuron", n_search=16, cache=cache,
+                           compute=False, search_gen={"max_new_tokens": 48}, **auto)
+    assert pers.info["settings"] == mn["params"]
+    qs = [g["question"] for g in neuron]
+    assert pers.answer(qs, max_new_tokens=48) == [g["response"] for g in neuron]
+    one_by_one = pers.answer(qs[:2], max_new_tokens=48, batch_size=1)
+    settings = Settings(n_search=16, search_max_new_tokens=48, cache_dir=str(cache),
+                        identify=False, params={"neuron": auto})
+    with Running(lm, settings) as srv:
+        for q, want in zip(qs[:2], one_by_one):
+            assert srv.text(messages=[{"role": "user", "content": q}], max_tokens=48,
+                            personality="extraversion:high@neuron") == want
 
 
 def test_evaluation_takes_the_capability_figures_strength_auto_measured(tmp_path):

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import pkt
 from pkt.serve import Settings
-from tests.conftest import MODEL_CACHE, read_jsonl, run_dirs, run_pkt
+from tests.conftest import read_jsonl, run_dirs, run_pkt
 from tests.test_serve import Running
 
 METHODS = ["base", "prompt", "prompt_p2", "neuron", "actadd"]
@@ -76,30 +74,5 @@ def test_three_doors_give_the_same_tokens_on_tiny(tmp_path, one_thread):
     assert answers["prompt"] != answers["base"] and answers["prompt_p2"] != answers["base"]
 
 
-@pytest.mark.embedded
-def test_three_doors_agree_on_npti_defaults_on_the_embedded_model(tmp_path):
-    """NPTI with its defaults (strength=auto, the model's neuron budget) on SmolLM2; only
-    the identification budget and the MC probe are cut for time, the same way in each door."""
-    cache = tmp_path / "cache"
-    runs = _runner(tmp_path, cache, [
-        "method=neuron", "trait=openness", "data.n_search=8", "data.n_test=2",
-        "search_gen.max_new_tokens=24", "gen.max_new_tokens=12", "gen.batch_size=1",
-        "method.auto_n_mc=20", "logger=none", "eval=none"])
-    metrics, gens = runs["neuron"]
-    assert metrics["params"]["strength_mode"] == "auto"
-    qs = [g["question"] for g in gens]
-    import os
-
-    os.environ.setdefault("PKT_MODEL_CACHE", str(MODEL_CACHE))
-    lm = pkt.load_model("smollm2_135m")
-    params = {"auto_n_mc": 20, "search_gen": {"max_new_tokens": 24}}
-    api = pkt.personality(lm, "openness:high", "neuron", n_search=8, cache=cache,
-                          compute=False, **params)  # everything comes from the runner's cache
-    assert api.info["settings"] == metrics["params"]
-    assert api.answer(qs, max_new_tokens=12, batch_size=1) == [g["response"] for g in gens]
-    settings = Settings(n_search=8, search_max_new_tokens=24, cache_dir=str(cache),
-                        identify=False, params={"neuron": {"auto_n_mc": 20}})
-    with Running(lm, settings) as srv:
-        for q, g in zip(qs, gens):
-            assert srv.text(messages=[{"role": "user", "content": q}], max_tokens=12,
-                            personality="openness:high@neuron") == g["response"]
+# The embedded model's check (NPTI with strength=auto, through the API and the server from
+# the runner's cached artifacts) rides on tests/test_cli.py's NPTI run, which makes them.
