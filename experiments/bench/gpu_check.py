@@ -384,6 +384,10 @@ def shape_check(budget: dict, layers: int, device: torch.device) -> dict:
                          "ratio": statistics.median([p / q for p, q in zip(plain, rec)]),
                          "ratio_of_sums": sum(plain) / sum(rec)}
     print(f"shape: statistics pass ratio {res['statistics']['ratio']:.3f}", flush=True)
+    peak = None
+    if device.type == "cuda":  # the whole part so far: weights, generation at batch 32, ...
+        torch.cuda.synchronize(device)
+        peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     mem = []
     for mult in (1, 4, 16):
         bm = batches(8 * mult)
@@ -393,12 +397,10 @@ def shape_check(budget: dict, layers: int, device: torch.device) -> dict:
                     "peak_growth_mb": round(pm.growth_mb, 1)})
         del bm
     res["memory"] = {"measured_by": "torch.cuda.max_memory_allocated" if device.type == "cuda"
-                     else "resident set (sampled)", "statistics_pass": mem}
+                     else "resident set (sampled)", "statistics_pass": mem,
+                     "peak_allocated_gib": peak}
     print("shape: statistics pass peak growth " + ", ".join(
         f"x{m['mult']} {m['peak_growth_mb']:.0f} MB" for m in mem), flush=True)
-    if device.type == "cuda":
-        res["memory"]["peak_allocated_gib"] = round(
-            torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return res
 
 
