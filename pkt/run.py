@@ -284,6 +284,11 @@ def run(cfg: DictConfig) -> dict:
         tracker.log_summary(metrics)
         log.info("wrote %d generations and metrics to %s", len(records), run_dir)
         ok = True
+        if not HydraConfig.get().mode == RunMode.MULTIRUN:  # a sweep summarises at its end
+            from pkt.summary import run_summary
+
+            wandb_dir = run_dir / "wandb" if getattr(tracker, "run", None) is not None else None
+            print("\n".join(run_summary(metrics, run_dir, wandb_dir)), flush=True)
         return metrics
     except BaseException as e:
         stopped = isinstance(e, KeyboardInterrupt) or is_interrupt(cmdline.user_error(e))

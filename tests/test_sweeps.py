@@ -29,3 +29,15 @@ def test_an_unknown_key_is_one_line_not_hydras_page(tmp_path):
     assert r.returncode == 2 and stderr_lines(r) == [
         "pkt: error: Could not override 'method.nosuch' (no such key); to append to your "
         "config use +method.nosuch=1"], r.stderr
+
+
+def test_a_finished_run_says_what_it_did_and_where_the_results_are(tmp_path):
+    r = run_pkt(TINY, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [x for x in r.stdout.splitlines() if not x.startswith("[")]
+    assert lines[0] == "pkt: done: base, openness (high), on tiny_random (1 answers)", lines
+    (results,) = [x for x in lines if x.strip().startswith("results: ")]
+    run_dir = results.split("results: ", 1)[1].split(" (", 1)[0]
+    assert (tmp_path / "out").as_posix() in run_dir and \
+        (__import__("pathlib").Path(run_dir) / "metrics.json").is_file()
+    assert any(x.strip().startswith("next: python -m pkt.run") for x in lines)
