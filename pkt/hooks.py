@@ -111,6 +111,27 @@ def hooked(model, hooks: dict[tuple[str, int], Callable]):
             h.remove()
 
 
+def masked_add(vec: torch.Tensor, scope: Scope) -> Callable:
+    """``add(h)``: ``h`` plus ``vec`` (cast to ``h``'s device and dtype once) at the
+    positions of ``scope``, or None where the scope selects nothing. The one vector
+    addition of every hook that adds a vector (ActAdd's residual stream, DPN-LE's
+    down-projection input)."""
+    cache: dict = {}
+
+    def add(h: torch.Tensor) -> torch.Tensor | None:
+        where = scope.select(h)
+        if where is None:
+            return None
+        v = cache.get((h.device, h.dtype))
+        if v is None:
+            v = cache[(h.device, h.dtype)] = vec.to(h.device, h.dtype)
+        if where is True:
+            return h + v
+        return h + v * where.to(h.device, h.dtype).unsqueeze(-1)
+
+    return add
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids of a left-padded batch: 0 at each row's first real token."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)

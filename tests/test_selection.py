@@ -92,7 +92,7 @@ def test_strength_auto_and_bad_strengths_are_checked(tiny, tmp_path):
 
 
 def test_choose_strength_scans_perplexity_then_bisects_mc():
-    from pkt.methods.neuron import choose_strength
+    from pkt.methods.auto import choose_strength
 
     grid = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0]
     ppl = {0.5: 1.01, 1.0: 1.03, 1.5: 1.05, 2.0: 1.08, 2.5: 1.10, 3.0: 1.13, 4.0: 1.2,

@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 from pkt import prompts
 from pkt.artifacts import ArtifactStore
 from pkt.errors import PktError
-from pkt.hooks import Scope, hooked, position_ids
+from pkt.hooks import Scope, hooked, masked_add, position_ids
 from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.neurons import identify
-from pkt.neurons.sites import decoder_layers
+from pkt.neurons.sites import decoder_layers, resolve_layers
 from pkt.params import Rule
 
 log = logging.getLogger(__name__)
@@ -117,20 +117,12 @@ def steer(model, adds: dict[int, torch.Tensor], include_prompt: bool = False,
         scope = Scope.for_generation(include_prompt)
 
     def make(vec: torch.Tensor):
-        cache: dict = {}
+        add = masked_add(vec, scope)
 
         def hook(_mod, _inp, out):
-            h = _hidden(out)
-            where = scope.select(h)
-            if where is None:
+            h = add(_hidden(out))
+            if h is None:
                 return None
-            v = cache.get((h.device, h.dtype))
-            if v is None:
-                v = cache[(h.device, h.dtype)] = vec.to(h.device, h.dtype)
-            if where is True:
-                h = h + v
-            else:
-                h = h + v * where.to(h.device, h.dtype).unsqueeze(-1)
             return (h, *out[1:]) if isinstance(out, tuple) else h
 
         return hook
@@ -153,16 +145,7 @@ class ActAddMethod(Method):
             batch_size = ctx.gen.batch_size
         super().__init__(ctx, name, layers=layers, coefficient=coefficient, position=position,
                          include_prompt=include_prompt)
-        if not layers:
-            raise PktError("method.layers is empty (give decoder block indices, e.g. [15])")
-        resolved = []
-        for layer in layers:
-            if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
-                raise PktError(f"method.layers: {layer} is out of range for a model with {n} "
-                               f"decoder layers (0..{n - 1}; about {n // 2} is the middle)")
-            resolved.append(layer % n)
-        if len(set(resolved)) != len(resolved):
-            raise PktError(f"method.layers names a layer twice: {layers}")
+        resolved = resolve_layers(layers, n, f"; about {n // 2} is the middle")
         self.layers = resolved
         self.coefficient, self.position = float(coefficient), position
         self.include_prompt, self.recompute = bool(include_prompt), bool(recompute)

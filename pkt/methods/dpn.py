@@ -22,14 +22,13 @@ for aspect high, the reverse for low); ``directional`` only the aspect's own set
 linearly from 0.75 (smallest) to 1.0 (largest; ties by neuron index; a single neuron gets
 1.0); ``none`` sets ``w_j = 1`` (the paper's DPN-LE; ``rank`` is its DPN-LE_w).
 
-``strength: auto`` chooses the strength like NPTI's (:func:`pkt.methods.neuron.choose_strength`
+``strength: auto`` chooses the strength like NPTI's (:func:`pkt.methods.auto.choose_strength`
 with :mod:`pkt.eval.capability`): the largest value of ``strength_grid`` whose capability
 probe stays within the bounds.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -41,10 +40,11 @@ from tqdm.auto import tqdm
 from pkt import plots, prompts
 from pkt.artifacts import ArtifactStore, read_meta, write_json_atomic
 from pkt.errors import PktError
-from pkt.hooks import Scope, hooked
+from pkt.hooks import Scope, hooked, masked_add
 from pkt.methods import Method, Outputs, Prepared, Setting
+from pkt.methods.auto import SEARCH, ProfileStrength, auto_strength
 from pkt.neurons import identify
-from pkt.neurons.sites import decoder_layers, mlp_width, require_one_device
+from pkt.neurons.sites import decoder_layers, mlp_width, require_one_device, resolve_layers
 from pkt.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Rule, check_folder
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ NEURON_MODES = ("both", "directional")
 WEIGHT_RANGE = (0.75, 1.0)  # rank weighting: the smallest |d| gets 0.75, the largest 1.0
 DEFAULT_BAND = (0.375, 1.0)  # LLaMA-3-8B in the release: layers 12-31 of 32
 AUTO_GRID = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
-SEARCH = "ppl-scan+mc-bisect"  # strength=auto's search (part of its cache key)
 EPS = 1e-8  # added to the pooled variance (a neuron constant in both groups gets a finite d)
 
 
@@ -224,21 +223,11 @@ def steer_down_in(model, adds: dict[int, torch.Tensor], include_prompt: bool = F
     require_one_device(model, "method=dpn")
 
     def make(vec: torch.Tensor):
-        cache: dict = {}
+        add = masked_add(vec, scope)
 
         def hook(_mod, args):
-            h = args[0]
-            where = scope.select(h)
-            if where is None:
-                return None
-            v = cache.get((h.device, h.dtype))
-            if v is None:
-                v = cache[(h.device, h.dtype)] = vec.to(h.device, h.dtype)
-            if where is True:
-                h = h + v
-            else:
-                h = h + v * where.to(h.device, h.dtype).unsqueeze(-1)
-            return (h, *args[1:])
+            h = add(args[0])
+            return None if h is None else (h, *args[1:])
 
         return hook
 
@@ -256,18 +245,7 @@ def _resolve_layers(layers, band: list[float], n: int) -> list[int]:
         if not resolved:
             raise PktError(f"method.band {band} holds no layer of a model with {n} decoder layers")
         return resolved
-    layers = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
-    if not isinstance(layers, (list, tuple)) or not layers:
-        raise PktError(f"method.layers must be a non-empty list of decoder block indices or "
-                       f"null (the band), got {layers!r}")
-    resolved = []
-    for layer in layers:
-        if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
-            raise PktError(f"method.layers: {layer!r} is out of range for a model with {n} "
-                           f"decoder layers (0..{n - 1})")
-        resolved.append(layer % n)
-    if len(set(resolved)) != len(resolved):
-        raise PktError(f"method.layers names a layer twice: {list(layers)}")
+    resolved = resolve_layers(layers, n)
     return sorted(resolved)
 
 
@@ -278,7 +256,7 @@ def _check_band(where: str, v) -> None:
                        f"(fractions of the depth), got {list(v) if isinstance(v, tuple) else v}")
 
 
-class DpnMethod(Method):
+class DpnMethod(ProfileStrength, Method):
     RULES = {**Method.RULES,
              "strength": Rule(lo=0, choices=("auto",), fold=True),
              "quantile": Rule(lo=0, hi=1, lo_open=True, hi_open=True),
@@ -434,10 +412,9 @@ class DpnMethod(Method):
         return len(load_mc(self.auto_n_mc))
 
     def _auto_strength(self) -> tuple[float, list[dict]]:
-        """:func:`pkt.methods.neuron.choose_strength` over the grid, each probe with this
+        """:func:`pkt.methods.auto.choose_strength` over the grid, each probe with this
         edit active (teacher-forced, the scored positions as generated ones); cached."""
         from pkt.eval import capability
-        from pkt.methods.neuron import choose_strength
 
         ctx = self.ctx
         edit = {k: self.params[k] for k in ("quantile", "d_threshold", "layers", "weighting",
@@ -446,39 +423,9 @@ class DpnMethod(Method):
                "statistics": self.prepared.artifacts.get("dpn_statistics") or str(self.neurons_from),
                "aspect": ctx.aspect, "edit": edit, "grid": self.grid, **self.bounds,
                "probe": capability.probe_hash(self.auto_n_mc), "search": SEARCH}
-        path = self.store.load("dpn_auto_strength", key)
-        if path is not None:
-            d = json.loads((path / "choice.json").read_text())
-            self.prepared.metrics["strength_auto_cached"] = True
-            return float(d["chosen"]), d["trials"]
-        if not ctx.compute:
-            raise identify.NotIdentified(f"strength=auto has not been chosen yet for "
-                                         f"{ctx.bench.trait} ({ctx.aspect}) on {ctx.lm.name}")
-        base = capability.base_figures(ctx.lm, ctx.cache_dir, self.auto_n_mc, ctx.gen.batch_size)
-
-        def probe(s: float, part: str) -> float:
-            scope = Scope.marked()
-            with self.intervention(scope=scope, strength=s):
-                now = capability.measure(ctx.lm, self.auto_n_mc, ctx.gen.batch_size, scope,
-                                         mc=part == "mc", ppl=part == "ppl")
-            self._measured[(s, part)] = now
-            if part == "ppl":
-                r = now["ppl"] / base["ppl"]
-            else:
-                r = now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else 1.0
-            log.info("dpn strength=auto: %.2f -> %s ratio %.3f", s, part, r)
-            return r
-
-        chosen, trials = choose_strength(self.grid, lambda s: probe(s, "ppl"),
-                                         lambda s: probe(s, "mc"), **self.bounds)
-        if not next(t["within"] for t in trials if t["strength"] == chosen):
-            log.warning("dpn strength=auto: even strength %.2f is out of the capability "
-                        "bounds; using it", chosen)
-        self.store.save("dpn_auto_strength", key, lambda tmp: (tmp / "choice.json").write_text(
-            json.dumps({"chosen": chosen, "trials": trials}, indent=2)))
-        self.prepared.metrics["strength_auto_cached"] = False
-        self.prepared.fresh = True
-        return chosen, trials
+        return auto_strength(self, "dpn_auto_strength", key, self.grid, self.bounds,
+                             self.auto_n_mc,
+                             lambda s, scope: self.intervention(scope=scope, strength=s), "DPN")
 
     def capability_measured(self, n_mc: int | None) -> dict | None:
         """The figures strength=auto measured at the strength in use on the same items (the
@@ -507,13 +454,6 @@ class DpnMethod(Method):
                              scope)
 
     # -- profiles ------------------------------------------------------------------------
-    def use_profile_strength(self, strength: float | None) -> None:
-        """A strength given by the profile replaces method.strength (and ``auto``)."""
-        super().use_profile_strength(strength)
-        if strength is not None:
-            self.auto = False
-            self.strength = float(strength)
-            self.params["strength"] = self.strength
 
     @classmethod
     def profile_additions(cls, parts: list[DpnMethod]) -> dict[int, torch.Tensor]:

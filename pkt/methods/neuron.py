@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from pkt.errors import PktError
 from pkt.generation import GenConfig
 from pkt.hooks import Scope
 from pkt.methods import Method, Outputs, Prepared, Setting
+from pkt.methods.auto import AUTO_GRID, SEARCH, ProfileStrength, auto_strength
 from pkt.neurons import identify
 from pkt.neurons.induce import Induction, edit_tables
 from pkt.neurons.release import export_release, file_name, import_release
@@ -23,54 +23,10 @@ from pkt.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Rule, check_folder
 
 log = logging.getLogger(__name__)
 OTHER = {"high": "low", "low": "high"}
-AUTO_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
 DEFAULT_K_MIN = 0.013
-SEARCH = "ppl-scan+mc-bisect"  # strength=auto's search (part of its cache key)
 
 
-def choose_strength(grid, ppl_ratio, mc_ratio, max_ppl_ratio: float,
-                    min_mc_ratio: float) -> tuple[float, list[dict]]:
-    """strength=auto's search: the largest strength of ``grid`` within both bounds.
-
-    1. Perplexity (cheap: a few seconds a probe) for each strength from the smallest up;
-       the first one above ``max_ppl_ratio`` ends the scan.
-    2. MC accuracy (most of the probe's time) by bisection over the strengths that passed,
-       so about log2(n) + 1 probes instead of n. Bisection assumes that capability falls
-       as strength rises (as the scan does for perplexity); a bound of 0 skips step 2.
-
-    ``ppl_ratio(s)`` and ``mc_ratio(s)`` return the ratios to the plain model. Returns the
-    choice and one trial per strength probed, in grid order: ``strength``, ``ppl_ratio``,
-    ``mc_ratio`` (None where not probed) and ``within``. If no strength passes, the
-    smallest is returned (its trial says it is out of bounds).
-    """
-    grid = sorted(float(x) for x in grid)
-    trials = {}
-    ok = []  # strengths within the perplexity bound, in order
-    for s in grid:
-        r = float(ppl_ratio(s))
-        trials[s] = {"strength": s, "ppl_ratio": r, "mc_ratio": None, "within": r <= max_ppl_ratio}
-        if r > max_ppl_ratio:
-            break
-        ok.append(s)
-    lo, hi = -1, len(ok)  # ok[lo] passes MC (lo = -1: none known), ok[hi] fails (hi = len: none)
-    if min_mc_ratio <= 0:
-        lo = len(ok) - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        s = ok[mid]
-        r = float(mc_ratio(s))
-        trials[s]["mc_ratio"] = r
-        trials[s]["within"] = r >= min_mc_ratio
-        if r >= min_mc_ratio:
-            lo = mid
-        else:
-            hi = mid
-    # lo = -1 after the bisection: the smallest strength failed one of the probes
-    chosen = ok[lo] if lo >= 0 else grid[0]
-    return chosen, [trials[s] for s in grid if s in trials]
-
-
-class NeuronMethod(Method):
+class NeuronMethod(ProfileStrength, Method):
     RULES = {**Method.RULES,
              "strength": Rule(lo=0, choices=("auto",), fold=True),
              "k_min": POSITIVE,
@@ -178,44 +134,9 @@ class NeuronMethod(Method):
                "probe": capability.probe_hash(self.auto_n_mc), "keep_prob": self.keep_prob,
                "deactivate": self.deactivate, "include_prompt": self.include_prompt,
                "seed": ctx.seed, "search": SEARCH}
-        path = self.store.load("auto_strength", key)
-        if path is None and not ctx.compute:
-            raise identify.NotIdentified(f"strength=auto has not been chosen yet for "
-                                         f"{ctx.bench.trait} ({aspect}) on {ctx.lm.name}")
-        path, hit = (path, True) if path is not None else self.store.load_or_compute(
-            "auto_strength", key, lambda: self._search_strength(key, aspect))
-        d = json.loads((path / "choice.json").read_text())
-        self.prepared.metrics["strength_auto_cached"] = hit
-        self.prepared.fresh = self.prepared.fresh or not hit
-        return float(d["chosen"]), d["trials"]
-
-    def _search_strength(self, key: dict, aspect: str) -> Path:
-        """strength=auto's probes (:func:`choose_strength`), saved under ``key``."""
-        from pkt.eval import capability
-
-        ctx = self.ctx
-        base = capability.base_figures(ctx.lm, ctx.cache_dir, self.auto_n_mc, ctx.gen.batch_size)
-
-        def probe(s: float, part: str) -> float:
-            scope = Scope.marked()
-            with self.induction(aspect, scope=scope, strength=s).apply():
-                now = capability.measure(ctx.lm, self.auto_n_mc, ctx.gen.batch_size, scope,
-                                         mc=part == "mc", ppl=part == "ppl")
-            self._measured[(s, part)] = now
-            if part == "ppl":
-                r = now["ppl"] / base["ppl"]
-            else:
-                r = now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else 1.0
-            log.info("strength=auto: %.2f -> %s ratio %.3f", s, "ppl" if part == "ppl" else "MC", r)
-            return r
-
-        chosen, trials = choose_strength(self.grid, lambda s: probe(s, "ppl"),
-                                         lambda s: probe(s, "mc"), **self.bounds)
-        if not next(t["within"] for t in trials if t["strength"] == chosen):
-            log.warning("strength=auto: even strength %.2f is out of the capability bounds; "
-                        "using it", chosen)
-        return self.store.save("auto_strength", key, lambda tmp: (tmp / "choice.json").write_text(
-            json.dumps({"chosen": chosen, "trials": trials}, indent=2)))
+        return auto_strength(self, "auto_strength", key, self.grid, self.bounds, self.auto_n_mc,
+                             lambda s, scope: self.induction(aspect, scope=scope,
+                                                             strength=s).apply(), "NPTI")
 
     def _save_sets(self) -> None:
         ctx = self.ctx
@@ -303,13 +224,6 @@ class NeuronMethod(Method):
         return identify.read_responses(self.stats_dir)
 
     # -- profiles ------------------------------------------------------------------
-    def use_profile_strength(self, strength: float | None) -> None:
-        """A strength given by the profile replaces method.strength (and ``auto``)."""
-        super().use_profile_strength(strength)
-        if strength is not None:
-            self.auto = False
-            self.strength = float(strength)
-            self.params["strength"] = self.strength
 
     def edit_part(self) -> tuple:
         a = self.ctx.aspect

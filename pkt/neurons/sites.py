@@ -134,3 +134,20 @@ def mlp_width(model: torch.nn.Module) -> int:
 def shape(model: torch.nn.Module) -> tuple[int, int]:
     """(layers, neurons per layer)."""
     return len(neuron_sites(model)), mlp_width(model)
+
+
+def resolve_layers(layers, n: int, hint: str = "") -> list[int]:
+    """Decoder block indices (negative count from the end) checked against a model with
+    ``n`` blocks, as non-negative indices in the given order; one PktError line otherwise."""
+    layers = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise PktError(f"method.layers is empty (give decoder block indices, e.g. [{n // 2}])")
+    resolved = []
+    for layer in layers:
+        if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
+            raise PktError(f"method.layers: {layer!r} is out of range for a model with {n} "
+                           f"decoder layers (0..{n - 1}{hint})")
+        resolved.append(layer % n)
+    if len(set(resolved)) != len(resolved):
+        raise PktError(f"method.layers names a layer twice: {list(layers)}")
+    return resolved
