@@ -132,6 +132,15 @@ def masked_add(vec: torch.Tensor, scope: Scope) -> Callable:
     return add
 
 
+def sum_by_layer(additions) -> dict[int, torch.Tensor]:
+    """Several ``{layer: vector}`` additions as one (a profile of vector methods)."""
+    out: dict[int, torch.Tensor] = {}
+    for adds in additions:
+        for i, v in adds.items():
+            out[i] = out[i] + v if i in out else v
+    return out
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids of a left-padded batch: 0 at each row's first real token."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from pkt import prompts
 from pkt.artifacts import ArtifactStore
 from pkt.errors import PktError
-from pkt.hooks import Scope, hooked, masked_add, position_ids
+from pkt.hooks import Scope, hooked, masked_add, position_ids, sum_by_layer
 from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.neurons import identify
 from pkt.neurons.sites import decoder_layers, resolve_layers
@@ -214,11 +214,7 @@ class ActAddMethod(Method):
     # strength), at the layers of the method's config
     @classmethod
     def profile_additions(cls, parts: list[ActAddMethod]) -> dict[int, torch.Tensor]:
-        adds: dict[int, torch.Tensor] = {}
-        for m in parts:
-            for i, v in m.additions().items():
-                adds[i] = adds[i] + v if i in adds else v
-        return adds
+        return sum_by_layer(m.additions() for m in parts)
 
     @classmethod
     def profile_intervention(cls, parts: list[ActAddMethod], profile, scope=None):

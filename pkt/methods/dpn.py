@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from pkt import plots, prompts
 from pkt.artifacts import ArtifactStore, read_meta, write_json_atomic
 from pkt.errors import PktError
-from pkt.hooks import Scope, hooked, masked_add
+from pkt.hooks import Scope, hooked, masked_add, sum_by_layer
 from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.methods.auto import SEARCH, ProfileStrength, auto_strength
 from pkt.neurons import identify
@@ -459,11 +459,7 @@ class DpnMethod(ProfileStrength, Method):
     def profile_additions(cls, parts: list[DpnMethod]) -> dict[int, torch.Tensor]:
         """The sum over the traits of their additions per neuron (each trait its own
         neurons, sign, weights and strength), over the union of their edited layers."""
-        adds: dict[int, torch.Tensor] = {}
-        for m in parts:
-            for i, v in m.additions().items():
-                adds[i] = adds[i] + v if i in adds else v
-        return adds
+        return sum_by_layer(m.additions() for m in parts)
 
     @classmethod
     def profile_intervention(cls, parts: list[DpnMethod], profile, scope=None):
