@@ -191,22 +191,31 @@ def _answer_aspect(lm: LoadedModel, model, bench: Bench, aspect: str, seed: int,
     bar = tqdm(total=len(texts), initial=len(answers), desc=f"persona answers ({aspect})",
                disable=not progress or not todo, unit="q", position=position)
     scope = Scope.marked()
+    saved = len(answers)  # in the checkpoint on disk
     try:
         for s in range(0, len(todo), chunk):
             part = todo[s : s + chunk]
-            with recording(model, stats, scope, count_tokens=True):
-                gens = generate(model, lm.tokenizer, [texts[i] for i in part], gen,
-                                progress=False, stats=gen_stats, scope=scope)
-            for i, g in zip(part, gens):
-                answers[i] = {"i": i, "text": g.text, "response_ids": g.response_ids}
+            # one generate() per batch, so the bar moves every batch: ``part`` is in the
+            # engine's order already, so these are the batches one call would make
+            subs = [part[b : b + gen.batch_size] for b in range(0, len(part), gen.batch_size)]
+            for k, sub in enumerate(subs):
+                with recording(model, stats, scope, count_tokens=True):
+                    gens = generate(model, lm.tokenizer, [texts[i] for i in sub], gen,
+                                    progress=False, stats=gen_stats, scope=scope)
+                for i, g in zip(sub, gens):
+                    answers[i] = {"i": i, "text": g.text, "response_ids": g.response_ids}
+                if k < len(subs) - 1:
+                    bar.update(len(sub))
             if checkpoint is not None:
                 _save_checkpoint(checkpoint, key, aspect, stats,
                                  [answers[i] for i in order if i in answers], gen.batch_size)
-            bar.update(len(part))
+                saved = len(answers)
+            bar.update(len(subs[-1]))  # after the save: a chunk the bar shows is kept
     except KeyboardInterrupt as e:
         bar.close()
         raise Interrupted(
-            f"interrupted: kept {len(answers)} of {len(texts)} persona answers ({aspect}) "
+            f"interrupted: kept {saved if checkpoint else 0} of {len(texts)} persona answers "
+            f"({aspect}) "
             + (f"in {checkpoint}; run the same command again to resume" if checkpoint
                else "(no checkpoint folder: nothing kept)"), interrupt_code(e)) from None
     bar.close()
