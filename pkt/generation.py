@@ -45,10 +45,6 @@ class GenConfig:
         d.update({k: v for k, v in dict(overrides or {}).items() if v is not None})
         return cls(**d)
 
-    def merged(self, overrides: dict | None) -> GenConfig:
-        """This config with some fields replaced (e.g. the search_gen block)."""
-        return GenConfig(**{**self.__dict__, **dict(overrides or {})})
-
 
 # the defaults of persona role-play generation (the paper: 500 tokens, penalty 1.1; shorter
 # on a CPU); conf/config.yaml's search_gen block says the same (tested)

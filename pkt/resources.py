@@ -51,11 +51,3 @@ def model_cache_dir() -> Path:
     """Dequantised model weights (``PKT_MODEL_CACHE``, else ``<cache>/models``)."""
     env = os.environ.get("PKT_MODEL_CACHE")
     return Path(env) if env else cache_dir() / "models"
-
-
-def config_file(group: str, name: str) -> Path:
-    return CONF_DIR / group / f"{name}.yaml"
-
-
-def config_choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))

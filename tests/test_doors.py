@@ -76,3 +76,15 @@ def test_three_doors_give_the_same_tokens_on_tiny(tmp_path, one_thread):
 
 # The embedded model's check (NPTI with strength=auto, through the API and the server from
 # the runner's cached artifacts) rides on tests/test_cli.py's NPTI run, which makes them.
+
+
+def test_the_config_states_the_classes_search_defaults():
+    """conf/config.yaml's search_gen block is pkt.generation.SEARCH_GEN (null dtype: the
+    model's own, else auto), so the runner and the API identify with the same budget."""
+    from omegaconf import OmegaConf
+
+    from pkt.generation import SEARCH_GEN
+    from tests.conftest import compose_cfg
+
+    block = OmegaConf.to_container(compose_cfg([]).search_gen, resolve=True)
+    assert {**block, "dtype": block["dtype"] or "auto"} == SEARCH_GEN

@@ -217,7 +217,8 @@ def _lora_library_checks(m) -> None:
 def _own_checks(case: Case, cfg: DictConfig, lm, tmp: Path) -> None:
     """The target's own definition of valid: its constructor, and the checks that it (or the
     library behind it) runs later, where they need no data or model work."""
-    GenConfig.from_cfg(cfg.gen).merged(OmegaConf.to_container(cfg.search_gen, resolve=True))
+    GenConfig.from_cfg(cfg.gen)
+    GenConfig.search(None, OmegaConf.to_container(cfg.search_gen, resolve=True))
     if case.key.startswith("data."):
         instantiate(cfg.data, trait=cfg.trait.name)
         return

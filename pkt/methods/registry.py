@@ -35,10 +35,6 @@ METHODS: dict[str, tuple[str, str, dict]] = {
 }
 
 
-def names() -> list[str]:
-    return list(METHODS)
-
-
 def lookup(name: str) -> tuple[type[Method], dict]:
     """The class registered as ``name`` and its preset parameters."""
     try:
@@ -61,8 +57,8 @@ def accepts(name: str, param: str) -> bool:
 
 def profile_methods() -> list[str]:
     """The methods that express a profile of several traits."""
-    return [n for n in METHODS if lookup(n)[0].profile_support is True
-            and lookup(n)[0].expresses_traits]
+    classes = {n: method_class(n) for n in METHODS}
+    return [n for n, c in classes.items() if c.profile_support is True and c.expresses_traits]
 
 
 def compose(lm, profile, method: str, bench_for: Callable[[str], object], *,
