@@ -225,6 +225,13 @@ class Personality:
     def apply(self, scope=None) -> contextlib.AbstractContextManager:
         return self.method_obj.intervention(scope)
 
+    def row_edit(self):
+        """The edit as one row of a shared decoding batch (:class:`pkt.rows.RowEdit`, None
+        for the plain model or prompting), made once per personality."""
+        if not hasattr(self, "_row_edit"):
+            self._row_edit = self.method_obj.row_edit()
+        return self._row_edit
+
     def answer(self, questions: list[str], max_new_tokens: int | None = None,
                batch_size: int | None = None, repetition_penalty: float | None = None) -> list[str]:
         """Greedy answers under this personality, with the runner's generation defaults."""

@@ -135,6 +135,17 @@ class Method:
         """
         return contextlib.nullcontext()
 
+    def row_edit(self):
+        """The intervention as one row of a shared batch (:class:`pkt.rows.RowEdit`, None
+        for none): what the server decodes with, beside other rows' personalities. A method
+        whose intervention cannot share a batch (an adapter) says so."""
+        if type(self).intervention is not Method.intervention:
+            from pkt.errors import PktError
+
+            raise PktError(f"method '{self.name}' cannot share a decoding batch with other "
+                           f"personalities")
+        return None
+
     def respond(self, questions: list[str], gen: GenConfig | None = None) -> list[Generation]:
         tok = self.ctx.lm.tokenizer
         texts = [chat_prompt(tok, self.rewrite(q, i)) for i, q in enumerate(questions)]
@@ -156,6 +167,11 @@ class Method:
     def profile_intervention(cls, parts: list[Method], profile,
                              scope=None) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
+
+    @classmethod
+    def profile_row_edit(cls, parts: list[Method], profile):
+        """A profile's :meth:`row_edit` (the same composition as ``profile_intervention``)."""
+        return parts[0].row_edit()
 
     @classmethod
     def profile_finish(cls, parts: list[Method], profile) -> dict:
@@ -217,3 +233,6 @@ class ProfileMethod(Method):
 
     def intervention(self, scope=None):
         return self.kind.profile_intervention(self.parts, self.profile, scope)
+
+    def row_edit(self):
+        return self.kind.profile_row_edit(self.parts, self.profile)

@@ -30,6 +30,7 @@ from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.neurons import identify
 from pkt.neurons.sites import decoder_layers, resolve_layers
 from pkt.params import Rule
+from pkt.rows import RowEdit
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,10 @@ class ActAddMethod(Method):
     def intervention(self, scope: Scope | None = None):
         return steer(self.ctx.lm.model, self.additions(), self.include_prompt, scope)
 
+    def row_edit(self) -> RowEdit:
+        return RowEdit(adds={("resid.post", i): v for i, v in self.additions().items()},
+                       include_prompt=self.include_prompt)
+
     # a profile: the sum of every trait's additions (its vector times its sign and
     # strength), at the layers of the method's config
     @classmethod
@@ -220,6 +225,11 @@ class ActAddMethod(Method):
     def profile_intervention(cls, parts: list[ActAddMethod], profile, scope=None):
         return steer(parts[0].ctx.lm.model, cls.profile_additions(parts),
                      parts[0].include_prompt, scope)
+
+    @classmethod
+    def profile_row_edit(cls, parts: list[ActAddMethod], profile) -> RowEdit:
+        return RowEdit(adds={("resid.post", i): v for i, v in cls.profile_additions(parts).items()},
+                       include_prompt=parts[0].include_prompt)
 
     @classmethod
     def profile_info(cls, parts: list[ActAddMethod], profile) -> dict:

@@ -6,6 +6,11 @@
 question) pair and aspect (the same prompts as NPTI and ActAdd; nothing is generated). Per
 neuron and aspect, the mean and the sum of squared deviations are streamed over the prompts
 (memory O(layers x width)) and cached as an artifact (``dpn_statistics``).
+``source: answers`` reads the same site over the *persona answers* instead, NPTI's source:
+the answers of NPTI's identification (its cached ``statistics`` artifact, made with
+``search_gen`` when missing), teacher-forced with the model as loaded, at every position
+that produced an answer token (the last prompt position up to the second-to-last answer
+token, the positions NPTI records); the selection and the edit are unchanged.
 
 **Selection**, per layer of the edited band: ``delta = mean_high - mean_low`` and Cohen's
 ``d = delta / sqrt(s2 + 1e-8)`` with the pooled variance ``s2 = ((n_h - 1) var_h + (n_l - 1)
@@ -38,20 +43,23 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from pkt import plots, prompts
-from pkt.artifacts import ArtifactStore, read_meta, write_json_atomic
+from pkt.artifacts import ArtifactStore, key_hash, read_meta, write_json_atomic
 from pkt.errors import PktError
+from pkt.generation import GenConfig
 from pkt.hooks import Scope, hooked, masked_add, sum_by_layer
 from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.methods.auto import SEARCH, ProfileStrength, auto_strength
 from pkt.neurons import identify
 from pkt.neurons.sites import decoder_layers, mlp_width, require_one_device, resolve_layers
 from pkt.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Rule, check_folder
+from pkt.rows import RowEdit
 
 log = logging.getLogger(__name__)
 
 STATS_VERSION = 1
 ASPECTS = identify.ASPECTS
 WEIGHTINGS = ("none", "rank")
+SOURCES = ("prompts", "answers")  # where the statistics are read (see the module docstring)
 NEURON_MODES = ("both", "directional")
 WEIGHT_RANGE = (0.75, 1.0)  # rank weighting: the smallest |d| gets 0.75, the largest 1.0
 DEFAULT_BAND = (0.375, 1.0)  # LLaMA-3-8B in the release: layers 12-31 of 32
@@ -132,6 +140,73 @@ def last_token_moments(model, tokenizer, texts: list[str], batch_size: int = 8,
                 pass
             mom.add(torch.stack([captured[i] for i in range(n_layers)], 1))
     return mom
+
+
+@torch.no_grad()
+def answer_moments(model, seqs: list[tuple[list[int], list[int]]], pad_id: int,
+                   batch_size: int = 8, progress: bool = True,
+                   desc: str = "activations") -> Moments:
+    """The moments of every layer's ``mlp.down_in`` at the positions that produce the
+    answer tokens of each (prompt ids, answer ids) pair, teacher-forced: the last prompt
+    position up to the second-to-last answer token (:func:`pkt.neurons.stats.padded_batch`),
+    the positions NPTI's statistics are recorded at. Pairs with no answer token are skipped."""
+    from pkt.neurons.stats import padded_batch
+
+    layers = decoder_layers(model)
+    n_layers, width = len(layers), mlp_width(model)
+    device = next(model.parameters()).device
+    mom = Moments(n_layers, width)
+    captured: dict[int, torch.Tensor] = {}
+    where: dict[str, torch.Tensor] = {}
+
+    def make(layer: int):
+        def hook(_mod, args):
+            captured[layer] = args[0][where["count"]].float().cpu()
+            if layer == n_layers - 1:
+                raise _Stop
+
+        return hook
+
+    seqs = [x for x in seqs if x[1]]
+    order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i][0]) + len(seqs[i][1]), i))
+    with hooked(model, {("mlp.down_in", i): make(i) for i in range(n_layers)}):
+        for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
+            ids, attn, pos, count = padded_batch([seqs[i] for i in order[s : s + batch_size]],
+                                                 pad_id, device)
+            where["count"] = count
+            captured.clear()
+            try:
+                model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+            except _Stop:
+                pass
+            mom.add(torch.stack([captured[i] for i in range(n_layers)], 1))
+    return mom
+
+
+def answer_statistics(lm, bench, seed: int, responses: list[dict], batch_size: int = 8,
+                      progress: bool = True) -> dict:
+    """Both aspects' moments over the persona answers ``responses`` (NPTI's, with their
+    ``response_ids``; one per search question and aspect, in the search split's order)."""
+    pad = lm.tokenizer.pad_token_id
+    if pad is None:
+        pad = lm.tokenizer.eos_token_id or 0
+    out = {}
+    for aspect in ASPECTS:
+        rows = [r for r in responses if r["aspect"] == aspect]
+        if len(rows) != len(bench.search) or any("response_ids" not in r for r in rows):
+            raise PktError("method.source=answers needs NPTI's persona answers with their token "
+                           "ids (statistics made before they were kept): identify the trait "
+                           "again with method=neuron method.recompute=true")
+        texts = identify.roleplay_prompts(lm, bench, aspect, seed)
+        ids = lm.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        seqs = [(list(p), [int(t) for t in r["response_ids"]]) for p, r in zip(ids, rows)]
+        if sum(len(a) for _, a in seqs) < 2:
+            raise PktError("method=dpn needs at least 2 answer tokens per aspect (Cohen's d "
+                           "uses the variance)")
+        mom = answer_moments(lm.model, seqs, pad, batch_size, progress,
+                             desc=f"down_proj inputs over answers ({aspect})")
+        out.update(mom.tensors(aspect))
+    return out
 
 
 def statistics(lm, bench, seed: int, batch_size: int = 8, progress: bool = True) -> dict:
@@ -265,6 +340,7 @@ class DpnMethod(ProfileStrength, Method):
              "band": Rule(check=_check_band),
              "weighting": Rule(choices="pkt.methods.dpn:WEIGHTINGS"),
              "neuron_mode": Rule(choices="pkt.methods.dpn:NEURON_MODES"),
+             "source": Rule(choices="pkt.methods.dpn:SOURCES"),
              "neurons_from": Rule(check=check_folder),
              "strength_grid": Rule(lo=0, each=True, nonempty=True),
              "max_ppl_ratio": POSITIVE,
@@ -278,7 +354,8 @@ class DpnMethod(ProfileStrength, Method):
                  include_prompt: bool = False, recompute: bool = False,
                  batch_size: int | None = None, neurons_from: str | None = None,
                  strength_grid: list[float] | tuple = AUTO_GRID, max_ppl_ratio: float = 1.15,
-                 min_mc_ratio: float = 0.95, auto_n_mc: int | None = None):
+                 min_mc_ratio: float = 0.95, auto_n_mc: int | None = None,
+                 source: str = "prompts", search_gen: dict | None = None):
         n = len(decoder_layers(ctx.lm.model))
         if batch_size is None:
             batch_size = ctx.gen.batch_size
@@ -290,7 +367,11 @@ class DpnMethod(ProfileStrength, Method):
         super().__init__(ctx, name, strength=strength, quantile=float(quantile),
                          d_threshold=float(d_threshold), layers=resolved, band=band,
                          weighting=weighting, neuron_mode=neuron_mode,
-                         include_prompt=bool(include_prompt), neurons_from=neurons_from)
+                         include_prompt=bool(include_prompt), neurons_from=neurons_from,
+                         source=source)
+        self.source = source
+        # the persona answers of source=answers: NPTI's identification settings
+        self.search_gen = GenConfig.search(ctx.lm, search_gen)
         if self.auto:
             self.grid = sorted(float(x) for x in strength_grid)
             self.bounds = {"max_ppl_ratio": float(max_ppl_ratio),
@@ -323,7 +404,10 @@ class DpnMethod(ProfileStrength, Method):
                 "data_hash": ctx.bench.data_hash,
                 "search_ids": [int(r["_line"]) for r in ctx.bench.search], "seed": ctx.seed,
                 "prompt": prompts.ROLEPLAY, "site": "mlp.down_in", "position": "last",
-                "dtype": str(next(ctx.lm.model.parameters()).dtype).removeprefix("torch.")}
+                "dtype": str(next(ctx.lm.model.parameters()).dtype).removeprefix("torch."),
+                **({"source": "answers", "position": "answers", "answers": key_hash(
+                    identify.stats_key(ctx.lm, ctx.bench, ctx.seed, self.search_gen))}
+                   if self.source == "answers" else {})}
 
     def _load_statistics(self) -> tuple[dict, str, bool]:
         """(statistics, artifact name or path, cache hit)."""
@@ -346,10 +430,19 @@ class DpnMethod(ProfileStrength, Method):
         if not ctx.compute:
             raise identify.NotIdentified(f"no DPN statistics of {ctx.bench.trait} are cached "
                                          f"yet for {ctx.lm.name} with these settings")
-        st = statistics(ctx.lm, ctx.bench, ctx.seed, self.batch_size, ctx.progress)
+        if self.source == "answers":  # NPTI's persona answers (identified when missing)
+            npti, npti_dir, _ = identify.load_or_compute(
+                self.store, ctx.lm, ctx.bench, ctx.seed, self.search_gen,
+                progress=ctx.progress, compute=ctx.compute)
+            self.prepared.artifacts["statistics"] = npti_dir.name
+            st = answer_statistics(ctx.lm, ctx.bench, ctx.seed, npti["responses"],
+                                   self.batch_size, ctx.progress)
+        else:
+            st = statistics(ctx.lm, ctx.bench, ctx.seed, self.batch_size, ctx.progress)
         path = self.store.save("dpn_statistics", key,
                                lambda tmp: save_file(st, str(tmp / "moments.safetensors")),
                                extra={"model": ctx.lm.name, "trait": ctx.bench.trait,
+                                      "source": self.source,
                                       "n_prompts": {a: int(st[f"{a}.n"]) for a in ASPECTS}})
         return st, path.name, False
 
@@ -369,8 +462,9 @@ class DpnMethod(ProfileStrength, Method):
         edit = self.unit_edit()
         m = self.prepared.metrics
         m["dpn_stats_cached"] = hit
-        for a in ASPECTS:
-            m[f"search_prompts_{a}"] = int(st[f"{a}.n"])
+        for a in ASPECTS:  # the positions read: one per prompt, or every answer token
+            m[f"search_{'prompts' if self.source == 'prompts' else 'tokens'}_{a}"] = \
+                int(st[f"{a}.n"])
         m["neurons_high"], m["neurons_low"] = int(self.high.sum()), int(self.low.sum())
         m["neurons_edited"] = int((edit != 0).sum())
         m["neurons_edited_frac"] = m["neurons_edited"] / (n_layers * width)
@@ -453,6 +547,10 @@ class DpnMethod(ProfileStrength, Method):
         return steer_down_in(self.ctx.lm.model, self.additions(strength), self.include_prompt,
                              scope)
 
+    def row_edit(self) -> RowEdit:
+        return RowEdit(adds={("mlp.down_in", i): v for i, v in self.additions().items()},
+                       include_prompt=self.include_prompt)
+
     # -- profiles ------------------------------------------------------------------------
 
     @classmethod
@@ -469,6 +567,11 @@ class DpnMethod(ProfileStrength, Method):
         amount); the positions are those of the first trait's ``include_prompt``."""
         return steer_down_in(parts[0].ctx.lm.model, cls.profile_additions(parts),
                              parts[0].include_prompt, scope)
+
+    @classmethod
+    def profile_row_edit(cls, parts: list[DpnMethod], profile) -> RowEdit:
+        return RowEdit(adds={("mlp.down_in", i): v for i, v in cls.profile_additions(parts).items()},
+                       include_prompt=parts[0].include_prompt)
 
     @classmethod
     def profile_info(cls, parts: list[DpnMethod], profile) -> dict:

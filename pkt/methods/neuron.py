@@ -33,6 +33,7 @@ class NeuronMethod(ProfileStrength, Method):
              "keep_prob": Rule(lo=0, hi=1, lo_open=True),
              "neurons_from": Rule(check=check_folder),
              "selection": Rule(choices="pkt.neurons.select:SELECTIONS"),
+             "source": Rule(choices="pkt.neurons.identify:SOURCES"),
              "strength_grid": Rule(lo=0, each=True, nonempty=True),
              "max_ppl_ratio": POSITIVE,
              "min_mc_ratio": NON_NEGATIVE,
@@ -44,7 +45,7 @@ class NeuronMethod(ProfileStrength, Method):
                  neurons_from: str | None = None, search_gen: dict | None = None,
                  selection: str = "npti", strength_grid: list | None = None,
                  max_ppl_ratio: float = 1.15, min_mc_ratio: float = 0.95,
-                 auto_n_mc: int | None = None):
+                 auto_n_mc: int | None = None, source: str = "answers"):
         # None: the model's own default (its config's npti_strength / npti_k_min), else
         # strength=auto and 1.3% of the MLP neurons
         if strength is None:
@@ -54,7 +55,7 @@ class NeuronMethod(ProfileStrength, Method):
         super().__init__(ctx, name, strength=strength, k_min=k_min, diff_threshold=diff_threshold,
                          keep_prob=keep_prob, deactivate=deactivate,
                          include_prompt=include_prompt, neurons_from=neurons_from,
-                         selection=selection)
+                         selection=selection, source=source)
         # types and ranges: RULES (checked before this constructor runs)
         self.auto = isinstance(strength, str) and strength.strip().lower() == "auto"
         if self.auto:
@@ -65,7 +66,7 @@ class NeuronMethod(ProfileStrength, Method):
             self.strength = self.grid[0]  # replaced by the choice in prepare()
         else:
             self.strength = float(strength)
-        self.selection = selection
+        self.selection, self.source = selection, source
         self.k_min, self.threshold = k_min, float(diff_threshold)
         self.keep_prob, self.deactivate, self.include_prompt = keep_prob, deactivate, include_prompt
         self.recompute, self.neurons_from = recompute, neurons_from
@@ -88,7 +89,7 @@ class NeuronMethod(ProfileStrength, Method):
             st, self.stats_dir, hit = identify.load_or_compute(
                 self.store, ctx.lm, ctx.bench, ctx.seed, self.search_gen,
                 recompute=bool(self.recompute), progress=ctx.progress, gen_stats=None,
-                compute=ctx.compute)
+                compute=ctx.compute, source=self.source)
             self.prepared.artifacts["statistics"] = self.stats_dir.name
             self.prepared.metrics["neuron_stats_cached"] = hit
             self.prepared.fresh = self.prepared.fresh or not hit
@@ -207,6 +208,9 @@ class NeuronMethod(ProfileStrength, Method):
     def intervention(self, scope: Scope | None = None):
         return self.induction(scope=scope).apply()
 
+    def row_edit(self):
+        return self.induction().row_edit()
+
     def capability_measured(self, n_mc: int | None) -> dict | None:
         """The capability figures (MC accuracy and perplexity, edit active) that this run's
         ``strength=auto`` measured at the strength in use, on the same ``n_mc`` items: the
@@ -230,13 +234,21 @@ class NeuronMethod(ProfileStrength, Method):
         return self.sets[a], self.sets[OTHER[a]], self.strength
 
     @classmethod
-    def profile_intervention(cls, parts: list[NeuronMethod], profile, scope=None):
+    def profile_induction(cls, parts: list[NeuronMethod], profile, scope=None) -> Induction:
         """The union of every trait's edits (:func:`pkt.neurons.induce.edit_tables`)."""
         first = parts[0]
         return Induction(first.ctx.lm.model, None, None, keep_prob=first.keep_prob,
                          deactivate=first.deactivate, include_prompt=first.include_prompt,
                          seed=first.ctx.seed, scope=scope,
-                         parts=[m.edit_part() for m in parts], conflict=profile.conflict).apply()
+                         parts=[m.edit_part() for m in parts], conflict=profile.conflict)
+
+    @classmethod
+    def profile_intervention(cls, parts: list[NeuronMethod], profile, scope=None):
+        return cls.profile_induction(parts, profile, scope).apply()
+
+    @classmethod
+    def profile_row_edit(cls, parts: list[NeuronMethod], profile):
+        return cls.profile_induction(parts, profile).row_edit()
 
     PROFILE_SCALES = (1.0, 0.85, 0.7, 0.55, 0.4)
 

@@ -21,6 +21,7 @@ from pkt.errors import PktError
 from pkt.hooks import Scope, hooked
 from pkt.neurons.select import NeuronSet
 from pkt.neurons.sites import require_one_device, shape
+from pkt.rows import NeuronEdit, RowEdit, draw_keep
 
 
 def edit_amount(ns: NeuronSet, strength: float) -> torch.Tensor:
@@ -136,7 +137,7 @@ class Induction:
 
     def _draw(self) -> None:
         """A fresh keep-mask for every edited neuron of every layer, one draw per forward pass."""
-        keep = torch.rand(self._flat.shape, generator=self.generator, device=self.device)
+        keep = draw_keep(self.generator, int(self._flat.numel()), self.device)
         self._inc.view(-1).index_copy_(0, self._flat, self._amounts * (keep < self.keep_prob))
 
     def edit(self, layer: int, out: torch.Tensor) -> torch.Tensor:
@@ -152,6 +153,12 @@ class Induction:
             out = out.add_(inc) if inplace else out + inc
         self.forwards += 1
         return out
+
+    def row_edit(self) -> RowEdit:
+        """This edit as one row of a shared batch (:mod:`pkt.rows`): the same tables, the
+        same keep-mask stream from the seed at each prefill, the same positions."""
+        return RowEdit(neurons=NeuronEdit(self.add, self.cap, self.keep_prob, self.seed),
+                       include_prompt=self.scope.kind == "every")
 
     @contextlib.contextmanager
     def apply(self, model=None):
