@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
+from pkt.bars import AnswerBar
 from pkt.errors import PktError
 from pkt.hooks import Scope, position_ids
 
@@ -356,7 +356,7 @@ def _prefill(model, rows: list[list[int]], device, scope: Scope | None, capacity
 
 @torch.no_grad()
 def decode_batch(model, rows: list[list[int]], gen: GenConfig, eos: set[int],
-                 scope: Scope | None = None) -> list[list[int]]:
+                 scope: Scope | None = None, on_step=None) -> list[list[int]]:
     """Greedy decoding of one batch of prompt ids; returns each row's generated ids.
 
     A row stops at its first EOS (kept) or after ``gen.max_new_tokens``; finished rows
@@ -364,8 +364,11 @@ def decode_batch(model, rows: list[list[int]], gen: GenConfig, eos: set[int],
     ``scope`` (a marked :class:`pkt.hooks.Scope`), ``scope.mark()`` gets before every
     forward pass the positions that produce a generated token: the last prompt position at prefill, every
     row at a decode step (all rows in the batch are still generating), nothing while a
-    shared prefix is computed.
+    shared prefix is computed. ``on_step(tokens, alive)``, when given, is called after each
+    token step: the tokens it generated (one per row still generating) and the rows that go
+    on generating after it (0 at the last step).
     """
+    on_step = on_step or (lambda tokens, alive: None)
     device = next(model.parameters()).device
     cache, mask, pos, logits = _prefill(model, rows, device, scope, gen.max_new_tokens)
     B = len(rows)
@@ -380,16 +383,20 @@ def decode_batch(model, rows: list[list[int]], gen: GenConfig, eos: set[int],
         nxt = _repetition_penalty(logits.float(), seen, gen.repetition_penalty).argmax(-1)
         for b, t in zip(alive.tolist(), nxt.tolist()):
             outs[b].append(t)
+        n = len(nxt)
         if step == gen.max_new_tokens - 1:
+            on_step(n, 0)
             break
         seen[torch.arange(len(nxt), device=device), nxt] = True
         done = torch.isin(nxt, eos_t)
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
+                on_step(n, 0)
                 break
             cache.batch_select_indices(keep)
             alive, nxt, mask, pos, seen = alive[keep], nxt[keep], mask[keep], pos[keep], seen[keep]
+        on_step(n, len(alive))
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
         pos = pos + 1
         if scope is not None:
@@ -404,7 +411,8 @@ def decode_batch(model, rows: list[list[int]], gen: GenConfig, eos: set[int],
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], gen: GenConfig, desc: str = "generate",
              progress: bool = True, stats: GenStats | None = None,
-             scope: Scope | None = None, engine: str = "pkt") -> list[Generation]:
+             scope: Scope | None = None, engine: str = "pkt",
+             on_step=None) -> list[Generation]:
     """Greedy generation for chat-formatted ``prompts``, returned in input order.
 
     ``engine="pkt"`` (default) is :func:`decode_batch`: prompts sorted by their token ids
@@ -414,6 +422,9 @@ def generate(model, tokenizer, prompts: list[str], gen: GenConfig, desc: str = "
     ``engine="hf"`` is transformers' ``generate`` on left-padded batches (the reference
     the engine is tested against; it penalises padding tokens as repeats, the engine does
     not).
+
+    The bar (``progress``) moves at every decode step (:class:`pkt.bars.AnswerBar`);
+    ``on_step`` is called at every decode step too (see :func:`decode_batch`).
     """
     if engine not in ("pkt", "hf"):
         raise ValueError(f"unknown engine {engine!r}")
@@ -424,12 +435,19 @@ def generate(model, tokenizer, prompts: list[str], gen: GenConfig, desc: str = "
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: ids[i] if engine == "pkt" else len(ids[i]))
     results: list[Generation | None] = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="q")
+    bar = AnswerBar(len(prompts), desc, progress, gen.max_new_tokens)
+
+    def step(tokens: int, alive: int) -> None:
+        bar.step(tokens, alive)
+        if on_step is not None:
+            on_step(tokens, alive)
+
     for start in range(0, len(order), gen.batch_size):
         idx = order[start : start + gen.batch_size]
+        bar.start(len(idx))
         t0 = time.perf_counter()
         if engine == "pkt":
-            outs = decode_batch(model, [ids[i] for i in idx], gen, eos, scope)
+            outs = decode_batch(model, [ids[i] for i in idx], gen, eos, scope, step)
         else:
             outs = _hf_batch(model, tokenizer, [prompts[i] for i in idx], gen, eos, device)
         dt = time.perf_counter() - t0
@@ -442,8 +460,7 @@ def generate(model, tokenizer, prompts: list[str], gen: GenConfig, desc: str = "
         if stats is not None:
             stats.tokens += n_new
             stats.seconds += dt
-        bar.update(len(idx))
-        bar.set_postfix(tok_s=f"{n_new / dt:.0f}" if dt > 0 else "-")
+        bar.end(n_new)
     bar.close()
     return results  # type: ignore[return-value]
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from pkt import prompts
 from pkt.artifacts import ArtifactStore, key_hash
+from pkt.bars import AnswerBar
 from pkt.cli import interrupt_code
 from pkt.dataset import Bench
 from pkt.errors import PktError
@@ -188,8 +189,9 @@ def _answer_aspect(lm: LoadedModel, model, bench: Bench, aspect: str, seed: int,
                  len(answers), len(texts))
     chunk = max(1, CHUNK_BATCHES * gen.batch_size)
     todo = [i for i in order if i not in answers]
-    bar = tqdm(total=len(texts), initial=len(answers), desc=f"persona answers ({aspect})",
-               disable=not progress or not todo, unit="q", position=position)
+    # moves at every decode step (this module's tqdm: a server may wrap it to watch it)
+    bar = AnswerBar(len(texts), f"persona answers ({aspect})", progress and bool(todo),
+                    gen.max_new_tokens, initial=len(answers), factory=tqdm, position=position)
     scope = Scope.marked()
     saved = len(answers)  # in the checkpoint on disk
     try:
@@ -199,18 +201,21 @@ def _answer_aspect(lm: LoadedModel, model, bench: Bench, aspect: str, seed: int,
             # engine's order already, so these are the batches one call would make
             subs = [part[b : b + gen.batch_size] for b in range(0, len(part), gen.batch_size)]
             for k, sub in enumerate(subs):
+                bar.start(len(sub))
                 with recording(model, stats, scope, count_tokens=True):
                     gens = generate(model, lm.tokenizer, [texts[i] for i in sub], gen,
-                                    progress=False, stats=gen_stats, scope=scope)
+                                    progress=False, stats=gen_stats, scope=scope,
+                                    on_step=bar.step)
                 for i, g in zip(sub, gens):
                     answers[i] = {"i": i, "text": g.text, "response_ids": g.response_ids}
+                n_tokens = sum(len(g.response_ids) for g in gens)
                 if k < len(subs) - 1:
-                    bar.update(len(sub))
+                    bar.end(n_tokens)
             if checkpoint is not None:
                 _save_checkpoint(checkpoint, key, aspect, stats,
                                  [answers[i] for i in order if i in answers], gen.batch_size)
                 saved = len(answers)
-            bar.update(len(subs[-1]))  # after the save: a chunk the bar shows is kept
+            bar.end(n_tokens)  # after the save: an answer the bar counts is kept
     except KeyboardInterrupt as e:
         bar.close()
         raise Interrupted(
@@ -289,6 +294,7 @@ def _answer_in_workers(lm: LoadedModel, model, bench: Bench, seed: int, gen: Gen
     ctx = mp.get_context("fork")
     threads = max(1, torch.get_num_threads() // len(ASPECTS))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warning from tokenizers
+    tqdm.get_lock()  # the workers' bars share the parent's lock (one draws at a time)
     procs = []
     for k, aspect in enumerate(ASPECTS):
         recv, send = ctx.Pipe(duplex=False)
