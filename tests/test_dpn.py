@@ -388,8 +388,10 @@ def test_two_trait_profile_adds_the_sum_of_the_traits_edits(tmp_path):
 def test_the_config_states_the_class_defaults():
     node = OmegaConf.to_container(OmegaConf.load(CONF / "method" / "dpn.yaml"))
     assert node.pop("name") == "dpn"
+    assert node.pop("search_gen") == "${search_gen}"  # the runner's block (source=answers)
+    assert inspect.signature(DpnMethod).parameters["search_gen"].default is None
     params = inspect.signature(DpnMethod).parameters
-    assert set(node) == set(params) - {"ctx", "name"}
+    assert set(node) == set(params) - {"ctx", "name", "search_gen"}
     for k, v in node.items():
         default = params[k].default
         assert (list(default) if isinstance(default, tuple) else default) == v, k
@@ -398,7 +400,7 @@ def test_the_config_states_the_class_defaults():
 
     assert "dpn" in served_methods() and "dpn" in registry.profile_methods()
     assert parse_shorthand("openness:high@dpn", "neuron", "personality").method == "dpn"
-    assert not registry.accepts("dpn", "search_gen")
+    assert registry.accepts("dpn", "search_gen")  # NPTI's answers, for source=answers
 
 
 @pytest.mark.parametrize("kw,msg", [

@@ -55,6 +55,61 @@ def stats_key(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig) -> dict:
     }
 
 
+# where NPTI's statistics are read (method.source): the persona answers' generated tokens
+# (the paper), or the last token of each role-play prompt (nothing generated; DPN-LE's place)
+SOURCES = ("answers", "prompts")
+
+
+def prompt_stats_key(lm: LoadedModel, bench: Bench, seed: int) -> dict:
+    """The cache key of :func:`prompt_statistics` (``source=prompts``)."""
+    return {
+        "stage": "npti-statistics", "version": STATS_VERSION, "source": "prompts",
+        "position": "last", "model": lm.name, "model_fingerprint": lm.fingerprint,
+        "trait": bench.trait, "data_hash": bench.data_hash, "n_search": len(bench.search),
+        "search_ids": [int(r["_line"]) for r in bench.search], "seed": seed,
+        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        "prompt": prompts.ROLEPLAY,
+    }
+
+
+@torch.no_grad()
+def prompt_statistics(lm: LoadedModel, bench: Bench, seed: int, batch_size: int = 8,
+                      progress: bool = True) -> dict:
+    """NPTI's statistics (``P(a > 0)``, p95, moments per neuron at ``mlp.act``) over the
+    *last token of each role-play prompt* instead of the answers' tokens: one position per
+    (persona, question) pair and aspect, the position that produces the first answer token,
+    with the model as loaded; nothing is generated (``responses`` is empty)."""
+    from pkt.hooks import position_ids
+
+    n_layers, width = shape(lm.model)
+    device = next(lm.model.parameters()).device
+    out: dict = {"responses": []}
+    for aspect in ASPECTS:
+        texts = roleplay_prompts(lm, bench, aspect, seed)
+        lengths = [len(x) for x in lm.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        order = [texts[i] for i in sorted(range(len(texts)), key=lambda i: (lengths[i], i))]
+        stats = ActivationStats(n_layers, width, device=device, moments=True)
+        scope = Scope.marked()
+        with recording(lm.model, stats, scope, count_tokens=True):
+            for s in tqdm(range(0, len(order), batch_size), desc=f"prompt activations ({aspect})",
+                          disable=not progress):
+                enc = lm.tokenizer(order[s : s + batch_size], return_tensors="pt",
+                                   padding=True, add_special_tokens=False)
+                ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+                last = (attn * torch.arange(attn.shape[1], device=device)).argmax(-1)
+                mask = torch.zeros(ids.shape, dtype=torch.bool, device=device)
+                mask[torch.arange(ids.shape[0], device=device), last] = True
+                scope.mark(mask)
+                lm.model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn),
+                         use_cache=False)
+        out[f"{aspect}.prob"] = stats.prob().cpu()
+        out[f"{aspect}.p95"] = stats.percentile(0.95).cpu()
+        out[f"{aspect}.counts"] = stats.counts.cpu()
+        out[f"{aspect}.tokens"] = stats.tokens
+        out[f"{aspect}.mean"], out[f"{aspect}.var"] = (x.cpu() for x in stats.mean_var())
+    return out
+
+
 def roleplay_prompts(lm: LoadedModel, bench: Bench, aspect: str, seed: int) -> list[str]:
     return [chat_prompt(lm.tokenizer, prompts.roleplay(bench.persona_for(aspect, i, seed),
                                                        r["question"]))
@@ -386,6 +441,9 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
                 "aspect": aspect, "question": r["question"],
                 "persona": bench.persona_for(aspect, i, seed), "response": a["text"],
                 "n_tokens": len(a["response_ids"]),
+                # the generated ids (DPN-LE's method.source=answers reads its statistics
+                # over exactly these tokens)
+                "response_ids": [int(t) for t in a["response_ids"]],
             })
     return out
 
@@ -393,27 +451,36 @@ def compute_statistics(lm: LoadedModel, bench: Bench, seed: int, gen: GenConfig,
 def load_or_compute(store: ArtifactStore, lm: LoadedModel, bench: Bench, seed: int,
                     gen: GenConfig, recompute: bool = False, progress: bool = True,
                     gen_stats: GenStats | None = None,
-                    compute: bool = True) -> tuple[dict, Path, bool]:
+                    compute: bool = True, source: str = "answers") -> tuple[dict, Path, bool]:
     """Statistics for both aspects from the cache, or computed and cached. Returns (stats, dir, hit).
 
     ``compute=False``: the cache only; :class:`NotIdentified` when nothing is cached.
+    ``source="prompts"``: :func:`prompt_statistics` (last prompt token, nothing generated;
+    ``gen.batch_size`` prompts per forward) under its own key.
     """
-    key = stats_key(lm, bench, seed, gen)
+    if source not in SOURCES:
+        raise PktError(f"unknown method.source '{source}' (choose from: {', '.join(SOURCES)})")
+    key = stats_key(lm, bench, seed, gen) if source == "answers" else \
+        prompt_stats_key(lm, bench, seed)
     got = None if recompute else _cached_statistics(store, key, lm)
     if got is not None:
         return (*got, True)
     if not compute:
         raise NotIdentified(f"{bench.trait} is not identified yet for {lm.name} with these "
                             f"settings ({len(bench.search)} search questions, "
-                            f"{gen.max_new_tokens} tokens)")
+                            + (f"{gen.max_new_tokens} tokens)" if source == "answers"
+                               else "statistics from the prompts)"))
     # one process identifies a key at a time; another one waits, then reuses its result
     with store.computing("statistics", key):
         got = None if recompute else _cached_statistics(store, key, lm, quiet=True)
         if got is not None:
             return (*got, True)
         ck = _checkpoint_dir(store, key)
-        st = compute_statistics(lm, bench, seed, gen, progress=progress, gen_stats=gen_stats,
-                                checkpoint=ck, key=key)
+        if source == "prompts":
+            st = prompt_statistics(lm, bench, seed, gen.batch_size, progress)
+        else:
+            st = compute_statistics(lm, bench, seed, gen, progress=progress,
+                                    gen_stats=gen_stats, checkpoint=ck, key=key)
 
         def write(tmp: Path):
             tensors = {k: v.contiguous() for k, v in st.items() if isinstance(v, torch.Tensor)}
