@@ -29,9 +29,11 @@ FORMAT = "{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]"
 
 
 def item_bar(total: int | None, desc: str, progress: bool, unit: str = "item", factory=None):
-    """A bar over ``total`` items, ticked with ``update(n)`` after each batch."""
+    """A bar over ``total`` items, ticked with ``update(n)`` after each batch; drawn once
+    its work has taken ``MININTERVAL`` (nothing for quick work, or a bar closed unused),
+    or by ``reset(total)`` (a probe starting on it)."""
     return (factory or tqdm)(total=total, desc=desc, unit=unit, disable=not progress,
-                   mininterval=MININTERVAL)
+                             mininterval=MININTERVAL, delay=MININTERVAL)
 
 
 class AnswerBar:

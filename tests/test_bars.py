@@ -78,22 +78,11 @@ def test_answer_bar_moves_each_step_and_lands_exactly():
 def test_generate_with_a_bar_is_bit_identical(tiny, monkeypatch):
     """The same generations and statistics with the bar on (drawn into a buffer) or off;
     the bar gets one move per decode step."""
-    import pkt.bars
-
     tok = tiny.tokenizer
     gen = GenConfig(16, 2, 1.15)
     s0, s1 = GenStats(), GenStats()
     off = generate(tiny.model, tok, _texts(tok), gen, progress=False, stats=s0)
-    buf = io.StringIO()
-    real = pkt.bars.tqdm
-    bars = []
-
-    def factory(**kw):
-        bars.append(real(file=buf, **kw))
-        return bars[-1]
-
-    monkeypatch.setattr(pkt.bars, "tqdm", factory)
-    monkeypatch.setattr(pkt.bars, "MININTERVAL", 0)  # draw every move
+    buf, bars = _drawn(monkeypatch)
     steps = []
     on = generate(tiny.model, tok, _texts(tok), gen, progress=True, stats=s1,
                   on_step=lambda n, a: steps.append(n))
@@ -137,3 +126,73 @@ def test_identification_bars_tick_in_both_workers(tiny, tmp_path, capfd, monkeyp
         # more distinct percentages than the 3 batches: it moved within batches
         assert len({p for p, _n in draws}) > 4, err
         assert draws[-1] == ("100", "6"), err
+
+
+def _drawn(monkeypatch):
+    """Bars drawn into a buffer at every move; returns (buffer, the bars made)."""
+    import pkt.bars
+
+    buf, bars, real = io.StringIO(), [], pkt.bars.tqdm
+
+    def factory(**kw):
+        bars.append(real(file=buf, **kw))
+        return bars[-1]
+
+    monkeypatch.setattr(pkt.bars, "tqdm", factory)
+    monkeypatch.setattr(pkt.bars, "MININTERVAL", 0)
+    return buf, bars
+
+
+def test_likelihood_batches_count_every_item(tiny):
+    from pkt.eval.likelihood import choice_logprobs, continuation_logprobs
+
+    seqs = [([1, 2, 3], [4, 5]), ([1], []), ([7, 8], [9]), ([3, 3, 3, 3], [5, 6, 7])] * 3
+    ticks = []
+    got = continuation_logprobs(tiny.model, seqs, 0, 5, on_batch=ticks.append)
+    assert got == continuation_logprobs(tiny.model, seqs, 0, 5)
+    assert ticks == [5, 5, 2]
+    items = [([5, 6, 7], [[8], [9, 10]]), ([4], [[8], [9]]), ([5, 6], [[], []]),
+             ([3, 4, 5, 6], [[7, 8], [9]])] * 2
+    ticks = []
+    got = choice_logprobs(tiny.model, items, 0, 3, on_batch=ticks.append)
+    assert got == choice_logprobs(tiny.model, items, 0, 3)
+    # the short contexts and the empty choices first, then batches of 3 items
+    assert ticks == [4, 3, 1]
+
+
+def test_capability_probe_bar_counts_its_items(tiny, monkeypatch):
+    from pkt.eval import capability
+
+    plain = capability.measure(tiny, 12, 4)
+    buf, bars = _drawn(monkeypatch)
+    shown = capability.measure(tiny, 12, 4, progress=True, desc="NPTI strength=auto: 1.5 (MC)")
+    assert shown == plain
+    (bar,) = bars
+    assert bar.n == bar.total == 12 + len(capability.paragraphs())
+    out = buf.getvalue()
+    assert "NPTI strength=auto: 1.5 (MC)" in out and out.count("\r") >= 4
+    assert capability.measure(tiny, 12, 4, mc=False, progress=True)["ppl"] == plain["ppl"]
+    assert bars[-1].n == bars[-1].total == len(capability.paragraphs())
+
+
+def test_strength_auto_draws_a_bar_per_probe_naming_its_strength(tiny, tmp_path, monkeypatch):
+    from tests.test_selection import _auto_method
+
+    ref = _auto_method(tiny, tmp_path / "a", max_ppl_ratio=1e9, min_mc_ratio=0.9)
+    want = ref._auto_strength("high")
+    buf, bars = _drawn(monkeypatch)
+    m = _auto_method(tiny, tmp_path / "b", max_ppl_ratio=1e9, min_mc_ratio=0.9)
+    m.ctx.progress = True
+    assert m._auto_strength("high") == want
+    out = buf.getvalue()
+    trials = want[1]
+    # the plain model, one perplexity bar per strength of the scan (in order), then one MC
+    # bar per strength the bisection probed
+    descs = [b.desc for b in bars]
+    n = 1 + len(trials)
+    assert descs[:n] == ["capability (plain model)"] + \
+        [f"NPTI strength=auto: {t['strength']:g} (perplexity)" for t in trials]
+    assert sorted(descs[n:]) == sorted(f"NPTI strength=auto: {t['strength']:g} (MC)"
+                                       for t in trials if t["mc_ratio"] is not None)
+    assert len(descs) > n and all(b.n == b.total for b in bars)
+    assert "NPTI strength=auto: 64 (perplexity)" in out

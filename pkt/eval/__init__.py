@@ -101,7 +101,8 @@ class Evaluation:
         items = [{"question": r["question"], "response": r["response"]} for r in records]
         if self.fluency:
             ppl = fluency.response_perplexity(ctx.lm, [r["question"] for r in records],
-                                              [g.response_ids for g in gens], self.batch_size)
+                                              [g.response_ids for g in gens], self.batch_size,
+                                              ctx.progress)
             for r, p in zip(records, ppl):
                 r["ppl"] = p
                 r["distinct_2"] = fluency.distinct_n(r["response"], 2)
@@ -130,7 +131,7 @@ class Evaluation:
             m["judge"] = self.judge.describe()
         if self.capability:
             m["capability"] = capability.retention(ctx.lm, method, self.cache_dir, self.n_mc,
-                                                   self.batch_size)
+                                                   self.batch_size, ctx.progress)
         return m
 
     def trait_table(self, ctx, method, records: list[dict]) -> dict:

@@ -50,26 +50,32 @@ def probe_hash(n_mc: int | None) -> str:
 
 
 def measure(lm, n_mc: int | None = None, batch_size: int = 16, scope: Scope | None = None,
-            mc: bool = True, ppl: bool = True) -> dict:
+            mc: bool = True, ppl: bool = True, progress: bool = False,
+            desc: str = "capability") -> dict:
     """MC accuracy and neutral-text perplexity of ``lm.model`` as it is right now
     (``mc=False`` or ``ppl=False`` leaves that part out: the perplexity alone takes a few
-    seconds, the MC items most of the time)."""
+    seconds, the MC items most of the time). ``progress``: a bar ``desc`` over the items
+    (MC items, then paragraphs), batch by batch."""
+    from pkt.bars import item_bar
+
+    items = load_mc(n_mc) if mc else []
+    texts = paragraphs() if ppl else []
     out: dict = {}
-    if mc:
-        out.update(_mc(lm, n_mc, batch_size, scope))
-    if ppl:
-        out["ppl"] = _ppl(lm, batch_size, scope)
+    with item_bar(len(items) + len(texts), desc, progress) as bar:
+        if mc:
+            out.update(_mc(lm, items, batch_size, scope, bar.update))
+        if ppl:
+            out["ppl"] = _ppl(lm, texts, batch_size, scope, bar.update)
     return out
 
 
-def _mc(lm, n_mc: int | None, batch_size: int, scope: Scope | None) -> dict:
+def _mc(lm, items: list[dict], batch_size: int, scope: Scope | None, tick=None) -> dict:
     tok = lm.tokenizer
-    items = load_mc(n_mc)
     groups = [(tok(MC_PROMPT.format(question=r["question"]), add_special_tokens=False)["input_ids"],
                [tok(" " + str(c), add_special_tokens=False)["input_ids"] for c in r["choices"]])
               for r in items]
     # the question is computed once per item, not once per choice (same figures)
-    lp = choice_logprobs(lm.model, groups, tok.pad_token_id, batch_size, scope)
+    lp = choice_logprobs(lm.model, groups, tok.pad_token_id, batch_size, scope, tick)
     correct = 0
     for r, scored in zip(items, lp):
         scores = [s / max(n, 1) for s, n in scored]
@@ -77,40 +83,47 @@ def _mc(lm, n_mc: int | None, batch_size: int, scope: Scope | None) -> dict:
     return {"mc_accuracy": correct / len(items), "n_mc": len(items)}
 
 
-def _ppl(lm, batch_size: int, scope: Scope | None) -> float:
+def _ppl(lm, texts: list[str], batch_size: int, scope: Scope | None, tick=None) -> float:
     tok = lm.tokenizer
     text_seqs = []
-    for p in paragraphs():
+    for p in texts:
         ids = tok(p, add_special_tokens=False)["input_ids"]
         text_seqs.append((ids[:1], ids[1:]))
-    tl = continuation_logprobs(lm.model, text_seqs, tok.pad_token_id, batch_size, scope)
+    tl = continuation_logprobs(lm.model, text_seqs, tok.pad_token_id, batch_size, scope, tick)
     nll = -sum(s for s, _ in tl) / max(sum(n for _, n in tl), 1)
     return math.exp(nll)
 
 
-def base_figures(lm, cache_dir: str | Path | None, n_mc: int | None, batch_size: int = 16) -> dict:
+def base_figures(lm, cache_dir: str | Path | None, n_mc: int | None, batch_size: int = 16,
+                 progress: bool = False) -> dict:
     """The plain model's figures, cached per (model fingerprint, probe) in the artifact store."""
+    def plain() -> dict:
+        return measure(lm, n_mc, batch_size, progress=progress, desc="capability (plain model)")
+
     if cache_dir is None:
-        return measure(lm, n_mc, batch_size)
+        return plain()
     store = ArtifactStore(Path(cache_dir) / "artifacts")
     key = {"stage": "capability-base", "model_fingerprint": lm.fingerprint,
            "probe": probe_hash(n_mc)}
-    figs, _ = store.cached_json("capability_base", key, lambda: measure(lm, n_mc, batch_size))
+    figs, _ = store.cached_json("capability_base", key, plain)
     return figs
 
 
-def retention(lm, method, cache_dir, n_mc: int | None = None, batch_size: int = 16) -> dict:
+def retention(lm, method, cache_dir, n_mc: int | None = None, batch_size: int = 16,
+              progress: bool = False) -> dict:
     """MC accuracy and perplexity with ``method``'s intervention active, and their ratios to
     the plain model's. A method that measured exactly this already (NPTI's ``strength=auto``
-    at the chosen strength, same items) hands its figures over (``measured_by``)."""
-    base = base_figures(lm, cache_dir, n_mc, batch_size)
+    at the chosen strength, same items) hands its figures over (``measured_by``).
+    ``progress``: a bar over the items of each probe run."""
+    base = base_figures(lm, cache_dir, n_mc, batch_size, progress)
     measured = getattr(method, "capability_measured", None)
     now = measured(n_mc) if callable(measured) else None
     reused = now is not None
     if now is None:
         scope = Scope.marked()  # the scored continuations stand for generated tokens
         with method.intervention(scope=scope):
-            now = measure(lm, n_mc, batch_size, scope)
+            now = measure(lm, n_mc, batch_size, scope, progress=progress,
+                          desc=f"capability ({method.name})")
     return {
         "measured_by": "strength_auto" if reused else "evaluation",
         "mc_accuracy": now["mc_accuracy"], "mc_accuracy_base": base["mc_accuracy"],

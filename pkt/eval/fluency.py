@@ -35,10 +35,15 @@ def repetition(text: str, n: int = 3) -> float | None:
 
 
 def response_perplexity(lm, questions: list[str], response_ids: list[list[int]],
-                        batch_size: int = 16) -> list[float | None]:
-    """The (un-intervened) model's perplexity of each response given its neutral prompt."""
+                        batch_size: int = 16, progress: bool = False) -> list[float | None]:
+    """The (un-intervened) model's perplexity of each response given its neutral prompt
+    (``progress``: a bar over the responses)."""
+    from pkt.bars import item_bar
+
     tok = lm.tokenizer
     seqs = [(tok(chat_prompt(tok, prompts.neutral(q)), add_special_tokens=False)["input_ids"], r)
             for q, r in zip(questions, response_ids)]
-    lp = continuation_logprobs(lm.model, seqs, tok.pad_token_id, batch_size)
+    with item_bar(len(seqs), "fluency (perplexity)", progress, unit="q") as bar:
+        lp = continuation_logprobs(lm.model, seqs, tok.pad_token_id, batch_size,
+                                   on_batch=bar.update)
     return [math.exp(-s / n) if n else None for s, n in lp]

@@ -10,19 +10,23 @@ from pkt.neurons.stats import padded_batch
 
 @torch.no_grad()
 def continuation_logprobs(model, seqs: list[tuple[list[int], list[int]]], pad_id: int,
-                          batch_size: int = 16, scope: Scope | None = None) -> list[tuple[float, int]]:
+                          batch_size: int = 16, scope: Scope | None = None,
+                          on_batch=None) -> list[tuple[float, int]]:
     """(sum of log p(token), number of tokens) of each continuation given its prompt.
 
     ``scope`` (a marked :class:`pkt.hooks.Scope`), when given, is marked with the
     continuation-producing positions before each forward pass, so an intervention can
-    treat exactly those positions as generated ones.
+    treat exactly those positions as generated ones. ``on_batch(n)``, when given, is
+    called after each batch with its number of sequences (a progress bar's update).
     """
+    on_batch = on_batch or (lambda n: None)
     device = next(model.parameters()).device
     out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
     for s in range(0, len(order), batch_size):
         idx = [i for i in order[s : s + batch_size] if seqs[i][1]]
         if not idx:
+            on_batch(len(order[s : s + batch_size]))
             continue
         batch = [seqs[i] for i in idx]
         ids, attn, pos, count = padded_batch(batch, pad_id, device)
@@ -47,12 +51,14 @@ def continuation_logprobs(model, seqs: list[tuple[list[int], list[int]]], pad_id
         ns = count.sum(-1).tolist()
         for b, i in enumerate(idx):
             out[i] = (float(sums[b]), int(ns[b]))
+        on_batch(len(order[s : s + batch_size]))
     return out
 
 
 @torch.no_grad()
 def choice_logprobs(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int,
-                    batch_size: int = 16, scope: Scope | None = None) -> list[list[tuple[float, int]]]:
+                    batch_size: int = 16, scope: Scope | None = None,
+                    on_batch=None) -> list[list[tuple[float, int]]]:
     """(sum of log p, number of tokens) of every choice of every ``(context, choices)`` item.
 
     The same figures as :func:`continuation_logprobs` over each (context, choice) pair, with
@@ -60,7 +66,8 @@ def choice_logprobs(model, items: list[tuple[list[int], list[list[int]]]], pad_i
     the contexts without their last token (prompt positions: never marked in ``scope``)
     fills a KV cache, which is repeated for each choice; a second pass feeds each choice's
     row (the context's last token, then the choice without its last token), every position
-    of which produces a scored token and is marked. ``batch_size`` counts items.
+    of which produces a scored token and is marked. ``batch_size`` counts items, and so
+    does ``on_batch(n)`` (called after each batch, as in :func:`continuation_logprobs`).
     """
     from transformers import DynamicCache
 
@@ -75,6 +82,8 @@ def choice_logprobs(model, items: list[tuple[list[int], list[list[int]]]], pad_i
         for i in short:
             out[i] = [next(lp) for _x in items[i][1]]
     todo = [i for i, (c, ch) in enumerate(items) if len(c) >= 2 and any(ch)]
+    on_batch = on_batch or (lambda n: None)
+    on_batch(len(items) - len(todo))  # the short ones (done above) and those without choices
     order = sorted(todo, key=lambda i: len(items[i][0]))
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
@@ -121,4 +130,5 @@ def choice_logprobs(model, items: list[tuple[list[int], list[list[int]]]], pad_i
         sums, ns = tok.sum(-1).tolist(), count.sum(-1).tolist()
         for j, (b, k) in enumerate(rows):
             out[idx[b]][k] = (float(sums[j]), int(ns[j]))
+        on_batch(len(idx))
     return out

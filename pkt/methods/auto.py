@@ -93,13 +93,17 @@ def auto_strength(method, kind: str, key: dict, grid, bounds: dict, n_mc: int | 
                             f"({ctx.aspect}) on {ctx.lm.name}")
 
     def search() -> Path:
-        base = capability.base_figures(ctx.lm, ctx.cache_dir, n_mc, ctx.gen.batch_size)
+        base = capability.base_figures(ctx.lm, ctx.cache_dir, n_mc, ctx.gen.batch_size,
+                                       ctx.progress)
 
         def probe(s: float, part: str) -> float:
             scope = Scope.marked()
-            with edit(s, scope):
+            with edit(s, scope):  # a bar per probe, saying which strength it probes
                 now = capability.measure(ctx.lm, n_mc, ctx.gen.batch_size, scope,
-                                         mc=part == "mc", ppl=part == "ppl")
+                                         mc=part == "mc", ppl=part == "ppl",
+                                         progress=ctx.progress,
+                                         desc=f"{what} strength=auto: {s:g} "
+                                              f"({'perplexity' if part == 'ppl' else 'MC'})")
             method._measured[(s, part)] = now
             if part == "ppl":
                 r = now["ppl"] / base["ppl"]
