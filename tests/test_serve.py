@@ -1,5 +1,5 @@
 """pkt.serve over real HTTP on 127.0.0.1 (uvicorn in a thread, a free port): the OpenAI
-chat API (JSON and SSE), personalities per request, the generation lock, bad requests,
+chat API (JSON and SSE), personalities per request, the decoding batch, bad requests,
 client disconnects, the CLI, the chat page. Mostly on the tiny random model; one test on
 the embedded SmolLM2 through the official ``openai`` client."""
 
@@ -131,7 +131,7 @@ def test_greedy_equals_pkt_generate(srv, lm):
     """Plain and NPTI answers are exactly pkt's batched engine's for the same prompt."""
     r = srv.chat(max_tokens=24)
     body = r.json()
-    with srv.service.lock:
+    with srv.service.batcher.model_lock:
         ref = generate(lm.model, lm.tokenizer, [chat_prompt(lm.tokenizer, prompts.neutral(Q))],
                        GenConfig(24, 1, 1.15), progress=False)[0]
     assert body["choices"][0]["message"]["content"].strip() == ref.text
@@ -139,7 +139,7 @@ def test_greedy_equals_pkt_generate(srv, lm):
                              "completion_tokens": len(ref.response_ids),
                              "total_tokens": len(ref.prompt_ids) + len(ref.response_ids)}
     induced = srv.text(model="tiny_random+extraversion:high:2", max_tokens=24)
-    with srv.service.lock:
+    with srv.service.batcher.model_lock:
         p = pkt.personality(lm, "extraversion:high:2", cache=srv.service.settings.cache_dir,
                             n_search=4, search_gen={"max_new_tokens": 8})
         with p.apply():
@@ -288,7 +288,7 @@ def test_bad_unknown_model(srv):
 
 
 def test_bad_prompt_too_long(srv):
-    long = "x" * (srv.service.decoder.context_length + 10)  # one token per byte
+    long = "x" * (srv.service.context_length + 10)  # one token per byte
     check_error(srv, srv.chat(messages=[{"role": "user", "content": long}]), 400, "messages",
                 "context_length_exceeded", "maximum context length is 2048")
 
@@ -313,7 +313,7 @@ def test_max_tokens_limit_before_work_and_cap_to_context(srv):
     check_error(srv, srv.chat(max_tokens=None, max_completion_tokens=2049), 400,
                 "max_completion_tokens", "invalid_value", "got 2049")
     assert srv.healthy()["requests"] == before + 2  # check_error's own requests only
-    ctx = srv.service.decoder.context_length
+    ctx = srv.service.context_length
     overhead = srv.chat(max_tokens=1).json()["usage"]["prompt_tokens"] - len(Q)
     long = "x" * (ctx - overhead - 10)  # one token per byte: 10 tokens left
     r = srv.chat(messages=[{"role": "user", "content": long}], max_tokens=2048,
@@ -324,7 +324,7 @@ def test_max_tokens_limit_before_work_and_cap_to_context(srv):
 
 
 def test_client_disconnects_mid_stream(srv):
-    """Decoding stops early when the client goes away, and the lock is given back."""
+    """Decoding stops early when the client goes away, and the row leaves the batch."""
     before = srv.healthy()["cancelled"]
     body = {"model": "tiny_random", "messages": [{"role": "user", "content": Q}],
             "max_tokens": 1500, "ignore_eos": True, "stream": True}
@@ -344,8 +344,7 @@ def test_client_disconnects_mid_stream(srv):
         time.sleep(0.05)
     last = h["last"]
     assert last["finish_reason"] == "cancelled" and last["decode_steps"] < 1499, last
-    assert srv.service.lock.acquire(timeout=5)
-    srv.service.lock.release()
+    assert h["batch"]["rows"] == 0
     assert srv.chat(max_tokens=3).status_code == 200
 
 

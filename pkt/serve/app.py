@@ -18,6 +18,7 @@ Every error is an OpenAI-style JSON body ``{"error": {"message", "type", "param"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -25,15 +26,16 @@ import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pkt.errors import PktError
 from pkt.serve import page
 from pkt.serve.engine import Completion
+from pkt.serve.metrics import prometheus
 from pkt.serve.personas import RequestError, example_ids, parse_model
 from pkt.serve.schema import ChatCompletionRequest, ChatRequest, parse_chat
-from pkt.serve.service import Job, Service
+from pkt.serve.service import Busy, Job, Service
 from pkt.serve.settings import Settings
 
 POLL_S = 0.25  # how often a waiting request looks at its client and at the progress
@@ -46,7 +48,9 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
 
 def error_response(e: Exception) -> JSONResponse:
     if isinstance(e, RequestError):
-        return JSONResponse(error_body(str(e), e.type, e.param, e.code), status_code=e.status)
+        headers = {"Retry-After": str(e.retry_after)} if isinstance(e, Busy) else None
+        return JSONResponse(error_body(str(e), e.type, e.param, e.code), status_code=e.status,
+                            headers=headers)
     if isinstance(e, PktError):
         return JSONResponse(error_body(str(e), "invalid_request_error", None, "pkt_error"),
                             status_code=400)
@@ -111,8 +115,14 @@ def create_app(lm, settings: Settings | None = None) -> FastAPI:
     """The FastAPI app serving ``lm`` (a :class:`pkt.models.LoadedModel`)."""
     settings = settings or Settings()
     service = Service(lm, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.close()  # the decoding thread ends with the server
+
     app = FastAPI(title="pkt serve", description="personality trait induction, "
-                  "OpenAI-compatible", docs_url="/docs", redoc_url=None)
+                  "OpenAI-compatible", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.service = service
     base = lm.name
 
@@ -138,6 +148,11 @@ def create_app(lm, settings: Settings | None = None) -> FastAPI:
     @app.get("/health")
     async def health():
         return service.health()
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        return PlainTextResponse(prometheus(service.health()),
+                                 media_type="text/plain; version=0.0.4")
 
     def model_card(mid: str) -> dict:
         return {"id": mid, "object": "model", "created": 0, "owned_by": "pkt"}
@@ -192,6 +207,7 @@ def create_app(lm, settings: Settings | None = None) -> FastAPI:
                                                None, "invalid_json"))
         try:
             req = parse_chat(body, base, settings)
+            service.admit()
         except RequestError as e:
             return error_response(e)
         job = service.start(req)
@@ -297,3 +313,4 @@ def _body_schema() -> tuple[dict, dict]:
 def _error_event(e: Exception) -> dict:
     return error_body(str(e), getattr(e, "type", "server_error"), getattr(e, "param", None),
                       getattr(e, "code", None))
+

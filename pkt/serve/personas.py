@@ -13,8 +13,9 @@ Both at once is refused (one place to look). Without either the answer is the pl
 under pkt's neutral evaluation prompt.
 
 :class:`PersonalityCache` keeps composed :class:`pkt.Personality` objects per (profile,
-method), least recently used first out. It runs behind the server's generation lock, since
-identifying a trait (NPTI statistics) or computing ActAdd vectors uses the shared model.
+method), least recently used first out. Builds run one at a time (the server's build
+lock) on the model ``build_lm()`` gives (the server's copy of its model), since identifying
+a trait or computing a vector puts hooks on it; lookups do not wait for a build.
 ActAdd's per-trait vectors are kept in memory, so a new strength or a new combination of
 traits already seen costs nothing; NPTI's statistics are pkt's cached artifacts on disk.
 """
@@ -22,6 +23,7 @@ traits already seen costs nothing; NPTI's statistics are pkt's cached artifacts 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -140,7 +142,7 @@ class NotReady(RequestError):
 
 
 class PersonalityCache:
-    """Composed :class:`pkt.Personality` per (profile, method); call under the model lock.
+    """Composed :class:`pkt.Personality` per (profile, method); build under the build lock.
 
     Every personality is built by :func:`pkt.personality`, the same method classes,
     defaults and on-disk artifacts as ``python -m pkt.run``; the server's own settings
@@ -149,8 +151,12 @@ class PersonalityCache:
 
     def __init__(self, lm, identify: bool = True, n_search: int | None = None,
                  search_max_new_tokens: int | None = None, seed: int = 0, cache_dir=None,
-                 data_path=None, max_size: int = 64, params: dict | None = None):
+                 data_path=None, max_size: int = 64, params: dict | None = None,
+                 build_lm=None):
+        # build_lm(): the model to build on (a copy beside the serving model), default lm
         self.lm, self.identify, self.n_search = lm, identify, n_search
+        self.build_lm = build_lm or (lambda: lm)
+        self._mu = threading.Lock()  # the dict; a build itself runs outside it
         self.params = dict(params or {})
         self.search_max_new_tokens, self.seed = search_max_new_tokens, seed
         self.cache_dir, self.data_path, self.max_size = cache_dir, data_path, max_size
@@ -159,19 +165,23 @@ class PersonalityCache:
         self.identified: list[dict] = []
 
     def cached(self, spec: Spec) -> bool:
-        return spec.key in self.items
+        with self._mu:
+            return spec.key in self.items
 
     def get(self, spec: Spec, progress: bool = False):
         """(Personality, traits identified by this call); ``progress``: identification's
-        progress bars on stderr."""
-        hit = self.items.get(spec.key)
-        if hit is not None:
-            self.items.move_to_end(spec.key)
-            return hit, []
+        progress bars on stderr. A build (not in memory) must hold the caller's build lock."""
+        with self._mu:
+            hit = self.items.get(spec.key)
+            if hit is not None:
+                self.items.move_to_end(spec.key)
+                return hit, []
         pers, new = self._build(spec, progress)
-        self.items[spec.key] = pers
-        while len(self.items) > self.max_size:
-            self.items.popitem(last=False)
+        pers.row_edit()  # made now, on the build's thread
+        with self._mu:
+            self.items[spec.key] = pers
+            while len(self.items) > self.max_size:
+                self.items.popitem(last=False)
         return pers, new
 
     def _build(self, spec: Spec, progress: bool):
@@ -180,12 +190,14 @@ class PersonalityCache:
         from pkt.neurons.identify import NotIdentified
 
         params = dict(self.params.get(spec.method) or {}) if spec.profile else {}
-        if self.search_max_new_tokens is not None and spec.profile and \
-                registry.accepts(spec.method, "search_gen"):
-            params["search_gen"] = {**(params.get("search_gen") or {}),
-                                    "max_new_tokens": self.search_max_new_tokens}
+        if spec.profile and registry.accepts(spec.method, "search_gen"):
+            # identification answers in this process (no fork beside the decoding thread)
+            extra = {"workers": 1}
+            if self.search_max_new_tokens is not None:
+                extra["max_new_tokens"] = self.search_max_new_tokens
+            params["search_gen"] = {**(params.get("search_gen") or {}), **extra}
         try:
-            pers = pkt.personality(self.lm, spec.profile, spec.method, seed=self.seed,
+            pers = pkt.personality(self.build_lm(), spec.profile, spec.method, seed=self.seed,
                                    n_search=self.n_search, data_path=self.data_path,
                                    cache=self.cache_dir, progress=progress,
                                    compute=self.identify, **params)

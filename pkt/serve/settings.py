@@ -48,6 +48,10 @@ class Settings(BaseModel):
     repetition_penalty: float = Field(1.15, gt=0, le=10, allow_inf_nan=False)
     preload: tuple[str, ...] = ()
     cache_size: int = Field(64, ge=1)
+    # the decoding batch: rows decoded together, and requests that may wait for a row
+    # (beyond that: HTTP 429 with Retry-After)
+    max_batch: int = Field(16, ge=1, le=1024)
+    max_waiting: int = Field(64, ge=1)
     # seconds between identification progress lines (log, SSE comments)
     progress_interval: float = Field(2.0, gt=0, le=600, allow_inf_nan=False)
     log_level: Literal[LOG_LEVELS] = "info"
