@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The study's runs (experiments/dpn_study/README.md), from the repository root after
+# `make install`. Two chains that may run side by side (the second waits for nothing: a
+# trait's NPTI identification is computed once, whichever chain needs it first, the other
+# waits for it through the artifact store's lock).
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-outputs/multiruns/dpn_study}
+# 16 test questions per run, and the capability probe (strength=auto's and the evaluation's,
+# the same measurement) on the first 100 MC items, the same for every cell; one torch
+# thread per process (the two chains share 2 cores)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+COMMON=(trait=openness,conscientiousness data.n_test=16 eval.capability_n_mc=100 logger=none)
+AUTO=(method.auto_n_mc=100)
+
+chain_a() {
+  # NPTI as published (the defaults: answers, 230 neurons per aspect, clamp on, strength=auto)
+  $PY -m pkt.run -m method=neuron aspect=high,low "${COMMON[@]}" "${AUTO[@]}" \
+      hydra.sweep.dir=$OUT/npti
+  # DPN-LE's edit, statistics from NPTI's persona answers (the ones just identified)
+  $PY -m pkt.run -m method=dpn method.source=answers aspect=high,low "${COMMON[@]}" "${AUTO[@]}" \
+      hydra.sweep.dir=$OUT/dpn_answers
+  # diagnosis of NPTI's high aspect: the clamp of the opposite set off, strength=auto again
+  $PY -m pkt.run -m method=neuron aspect=high method.deactivate=false "${COMMON[@]}" "${AUTO[@]}" \
+      hydra.sweep.dir=$OUT/npti_noclamp
+}
+
+chain_b() {
+  $PY -m pkt.run -m method=base "${COMMON[@]}" hydra.sweep.dir=$OUT/base
+  # DPN-LE as published (statistics from the prompts)
+  $PY -m pkt.run -m method=dpn aspect=high,low "${COMMON[@]}" "${AUTO[@]}" hydra.sweep.dir=$OUT/dpn
+  # NPTI's edit, statistics from the prompts
+  $PY -m pkt.run -m method=neuron method.source=prompts aspect=high,low "${COMMON[@]}" "${AUTO[@]}" \
+      hydra.sweep.dir=$OUT/npti_prompts
+}
+
+diagnosis() {
+  # NPTI's high aspect at the strength its run chose (s), one factor at a time (diagnose.py);
+  # needs the npti sweep's high runs
+  for t in openness conscientiousness; do
+    $PY experiments/dpn_study/diagnose.py --trait $t --runs $OUT/npti --n-mc 100 \
+        --cells clamponly,noclamp,x2noclamp,x4noclamp,random_noclamp,random_x2noclamp,x2 \
+        --out ${DIAG_OUT:-experiments/dpn_study/results}
+  done
+}
+
+case "${1:-all}" in
+  a) chain_a ;;
+  b) chain_b ;;
+  c) diagnosis ;;
+  all) chain_a & (chain_b; diagnosis); wait ;;
+esac

@@ -1,0 +1,128 @@
+"""The study's table and plot from its run folders (experiments/dpn_study/README.md).
+
+    python experiments/dpn_study/summarize.py --runs outputs/multiruns/dpn_study \
+        --out experiments/dpn_study/results
+
+Reads every ``metrics.json`` under the sweeps ``base``, ``npti``, ``npti_prompts``,
+``dpn``, ``dpn_answers`` and ``npti_noclamp`` and writes ``<out>/cells.json`` (one row per
+run: cell, trait, aspect, offline trait score, strength, capability ratios, neurons, run
+folder), ``<out>/summary.md`` (the table) and ``<out>/separation.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+CELLS = [  # (sweep folder, label: statistics from / edit)
+    ("base", "base (plain model, neutral prompt)"),
+    ("npti", "NPTI as published (answers / NPTI edit)"),
+    ("npti_prompts", "NPTI from prompts (prompts / NPTI edit)"),
+    ("dpn", "DPN-LE as published (prompts / DPN edit)"),
+    ("dpn_answers", "DPN-LE from answers (answers / DPN edit)"),
+    ("npti_noclamp", "NPTI, clamp off (`deactivate=false`)"),
+]
+TRAITS = ("openness", "conscientiousness", "agreeableness")
+
+
+def rows(runs: Path) -> list[dict]:
+    out = []
+    for sweep, label in CELLS:
+        for m in sorted((runs / sweep).glob("*/metrics.json")):
+            d = json.loads(m.read_text())
+            cap = d.get("capability") or {}
+            p = d.get("params", {})
+            out.append({
+                "cell": sweep, "label": label, "trait": d["trait"], "aspect": d["aspect"],
+                "score": d["trait_score"]["mean"], "sd": d["trait_score"]["sd"],
+                "n": d["trait_score"]["n"], "strength": p.get("strength"),
+                "strength_auto": "strength_auto" in d,
+                "ppl_ratio": cap.get("ppl_ratio"), "mc_ratio": cap.get("mc_ratio"),
+                "n_mc": cap.get("n_mc"),
+                "neurons": d.get("neurons_edited") or (
+                    d.get(f"neurons_{d['aspect']}") if "neurons_high" in d else None),
+                "neurons_high": d.get("neurons_high"), "neurons_low": d.get("neurons_low"),
+                "source": p.get("source"), "run": str(m.parent),
+            })
+    return out
+
+
+def fmt(x, nd=2, sign=False):
+    if x is None:
+        return "–"
+    return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
+
+
+def table(data: list[dict]) -> str:
+    by = {(r["cell"], r["trait"], r["aspect"]): r for r in data}
+    lines = ["| cell | trait | high | low | high − low | high − base | strength (high / low) "
+             "| PPL ratio (high / low) | MC ratio (high / low) | neurons (high / low set) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for trait in TRAITS:
+        base = by.get(("base", trait, "high"))
+        if base is None:
+            continue
+        lines.append(f"| base | {trait} | {fmt(base['score'])} | (same answers) | – | – | – "
+                     f"| 1 | 1 | – |")
+        for cell, label in CELLS[1:]:
+            h, lo = by.get((cell, trait, "high")), by.get((cell, trait, "low"))
+            if h is None and lo is None:
+                continue
+            g = lambda r, k, nd=2: fmt(r[k], nd) if r else "–"  # noqa: E731
+            sep = fmt(h["score"] - lo["score"], sign=True) if h and lo else "–"
+            up = fmt(h["score"] - base["score"], sign=True) if h else "–"
+            nr = h or lo
+            neurons = (f"{nr['neurons_high']} / {nr['neurons_low']}"
+                       if nr.get("neurons_high") is not None else "–")
+            lines.append(f"| {label} | {trait} | {g(h, 'score')} | {g(lo, 'score')} | {sep} | {up} "
+                         f"| {g(h, 'strength', 1)} / {g(lo, 'strength', 1)} "
+                         f"| {g(h, 'ppl_ratio', 3)} / {g(lo, 'ppl_ratio', 3)} "
+                         f"| {g(h, 'mc_ratio', 3)} / {g(lo, 'mc_ratio', 3)} | {neurons} |")
+    return "\n".join(lines)
+
+
+def plot(data: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(r["cell"], r["trait"], r["aspect"]): r for r in data}
+    traits = [t for t in TRAITS if ("base", t, "high") in by]
+    cells = [c for c, _ in CELLS[1:5]]
+    fig, axes = plt.subplots(1, len(traits), figsize=(5 * len(traits), 3.6), squeeze=False)
+    for ax, trait in zip(axes[0], traits):
+        base = by[("base", trait, "high")]["score"]
+        for i, c in enumerate(cells):
+            for aspect, mk, col in (("high", "^", "tab:red"), ("low", "v", "tab:blue")):
+                r = by.get((c, trait, aspect))
+                if r:
+                    ax.errorbar(i, r["score"], yerr=r["sd"] / max(r["n"], 1) ** 0.5, fmt=mk,
+                                color=col, label=aspect if i == 0 else None)
+        ax.axhline(base, color="grey", ls="--", label="base")
+        ax.set_xticks(range(len(cells)))
+        ax.set_xticklabels(["NPTI\nanswers", "NPTI\nprompts", "DPN-LE\nprompts",
+                            "DPN-LE\nanswers"])
+        ax.set_title(f"{trait}: offline trait score (mean ± s.e.)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", default="outputs/multiruns/dpn_study")
+    ap.add_argument("--out", default="experiments/dpn_study/results")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = rows(Path(a.runs))
+    (out / "cells.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / "summary.md").write_text(table(data) + "\n")
+    plot(data, out / "separation.png")
+    print(table(data))
+
+
+if __name__ == "__main__":
+    main()
