@@ -47,18 +47,21 @@ class AnswerBar:
 
     def __init__(self, total: int, desc: str, progress: bool, max_new_tokens: int,
                  initial: int = 0, factory=None, **kw):
-        self.bar = (factory or tqdm)(total=total, initial=initial, desc=desc, unit="q",
-                           disable=not progress, bar_format=FORMAT, mininterval=MININTERVAL,
-                           miniters=0, **kw)
         self.total, self.done, self.max_new_tokens = total, initial, max(1, max_new_tokens)
         self.tokens, self.t0 = 0, time.perf_counter()
         self._rows = self._slots = self._q = self._k = self._alive = self._batch_tokens = 0
-        self._postfix()
+        self.bar = (factory or tqdm)(total=total, initial=initial, desc=desc, unit="q",
+                                     disable=not progress, bar_format=FORMAT,
+                                     mininterval=MININTERVAL, miniters=0,
+                                     postfix=self._text(), **kw)
 
-    def _postfix(self) -> None:
+    def _text(self) -> str:
         dt = time.perf_counter() - self.t0
         rate = f", {self.tokens / dt:.0f} tok/s" if self.tokens and dt > 0 else ""
-        self.bar.set_postfix_str(f"{self.done}/{self.total} answers{rate}", refresh=False)
+        return f"{self.done}/{self.total} answers{rate}"
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(self._text(), refresh=False)
 
     def start(self, rows: int) -> None:
         """A batch of ``rows`` answers begins."""
