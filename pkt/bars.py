@@ -85,12 +85,14 @@ class AnswerBar:
 
     def end(self, tokens: int | None = None) -> None:
         """The batch is done (and, for a caller that saves it, saved): the count moves to
-        its end; ``tokens``: the batch's answer tokens, when the steps did not count them."""
+        its end, drawn now; ``tokens``: the batch's answer tokens (the steps count them
+        before an answer is trimmed)."""
         if tokens is not None:
             self.tokens += tokens - self._batch_tokens
         self.done += self._rows
         self._postfix()
-        self.bar.update((self._rows * STEPS - self._q) / STEPS)
+        if not self.bar.update((self._rows * STEPS - self._q) / STEPS):
+            self.bar.refresh()  # every count of finished answers is drawn
         self._rows = self._q = self._slots = self._batch_tokens = 0
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ class Recorder:
     """A tqdm stand-in that records the updates."""
 
     def __init__(self, total, initial=0, **kw):
-        self.total, self.n, self.updates, self.postfix = total, initial, [], ""
+        self.total, self.n, self.updates, self.postfix, self.drawn = total, initial, [], "", 0
 
     def update(self, n):
         self.updates.append(n)
@@ -26,6 +26,9 @@ class Recorder:
 
     def set_postfix_str(self, s, refresh=True):
         self.postfix = s
+
+    def refresh(self):  # (update() says it did not draw: None)
+        self.drawn += 1
 
     def close(self):
         pass
@@ -71,6 +74,7 @@ def test_answer_bar_moves_each_step_and_lands_exactly():
     ab.start(2)  # a batch that never ticks (transformers' engine): jumps at its end
     ab.end(tokens=3)
     assert ab.bar.n == 7 and ab.tokens == 23
+    assert ab.bar.drawn == 2  # each batch end is drawn, whatever the interval
     # every move is a whole number of 1/STEPS answer (so the sums are exact)
     assert all((u * STEPS).is_integer() for u in ab.bar.updates)
 
