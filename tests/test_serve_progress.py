@@ -1,6 +1,6 @@
 """A request waiting for identification gets progress instead of silence: a streaming one
 SSE comments (``: identifying openness (high: 0/24, low: 0/24 answers), 1 s``) before its
-first chunk, a queued one behind it too; ``/health`` shows ``identifying`` while it runs;
+first chunk, one that needs another trait queued behind it too; ``/health`` shows ``identifying`` while it runs;
 the log has a progress line every ``serve.progress_interval``. A real identification on the
 tiny random model (24 search questions, 48-token answers, through the forked workers when
 there are two cores), its build held open at the end until the clients saw progress, so the
@@ -81,7 +81,8 @@ def test_stream_waiting_for_identification_gets_progress(lm, tmp_path, caplog):
         poller = threading.Thread(target=poll)
         poller.start()
         queued: list[str] = []
-        behind = threading.Thread(target=read_stream, args=(s, {"model": "tiny_random"}, queued,
+        # a request for another trait waits for the build (the plain model would not)
+        behind = threading.Thread(target=read_stream, args=(s, {"model": "tiny_random+extraversion:high"}, queued,
                                                             lambda line: gate.set()
                                                             if line.startswith(": waiting")
                                                             else None))
@@ -116,13 +117,15 @@ def test_stream_waiting_for_identification_gets_progress(lm, tmp_path, caplog):
     assert queued[0].startswith(": waiting for the model: identifying openness")
     assert q_first > 0 and queued[-1] == "data: [DONE]"
     # /health while it ran, and after
-    assert seen and all(x["trait"] == "openness" and x["method"] == "neuron" and
+    assert all(x["trait"] in ("openness", "extraversion") for x in seen)
+    seen = [x for x in seen if x["trait"] == "openness"]  # then the queued one's build
+    assert seen and all(x["method"] == "neuron" and
                         x["personality"] == "openness:high@neuron" for x in seen)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", seen[0]["started"])
     assert any(x["progress"] and re.fullmatch(ANSWERS, x["progress"]) for x in seen), seen
     assert seen[-1]["elapsed"] <= time.time() - t0
     assert after["identifying"] is None and after["identified"] == [
-        {"trait": "openness", "method": "neuron"}]
+        {"trait": "openness", "method": "neuron"}, {"trait": "extraversion", "method": "neuron"}]
     # the log: a progress line every progress_interval
     logged = [r.getMessage() for r in caplog.records if r.name == "pkt.serve" and
               r.getMessage().startswith("identifying openness")]

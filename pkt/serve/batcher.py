@@ -288,7 +288,8 @@ class Batcher:
         done = [r for r in list(self.finished) if r.t_first is not None]
         lat = sorted(r.t_done - r.t_submit for r in done)
         ttft = sorted(r.t_first - r.t_submit for r in done)
-        return {"rows": len(self.rows), "max_rows": self.max_rows,
+        rows = sum(r.out.finish_reason is None for r in list(self.rows))  # not yet answered
+        return {"rows": rows, "max_rows": self.max_rows,
                 "waiting": len(self.waiting), "max_waiting": self.max_waiting,
                 "decode_steps": self.steps,
                 "tokens_per_s": round(sum(n for _t, n in list(self.recent)) / window_s, 2),

@@ -164,6 +164,15 @@ class PersonalityCache:
         # every (trait, method) this server identified or computed, in order
         self.identified: list[dict] = []
 
+    @staticmethod
+    def needs_model(spec: Spec) -> bool:
+        """Whether building ``spec`` runs the model (identification, vectors, strength=auto):
+        not for the plain model or a prompting method, which are built at once."""
+        from pkt.methods import Method, registry
+
+        return bool(spec.profile) and \
+            registry.method_class(spec.method).intervention is not Method.intervention
+
     def cached(self, spec: Spec) -> bool:
         with self._mu:
             return spec.key in self.items
@@ -197,7 +206,8 @@ class PersonalityCache:
                 extra["max_new_tokens"] = self.search_max_new_tokens
             params["search_gen"] = {**(params.get("search_gen") or {}), **extra}
         try:
-            pers = pkt.personality(self.build_lm(), spec.profile, spec.method, seed=self.seed,
+            lm = self.build_lm() if self.needs_model(spec) else self.lm
+            pers = pkt.personality(lm, spec.profile, spec.method, seed=self.seed,
                                    n_search=self.n_search, data_path=self.data_path,
                                    cache=self.cache_dir, progress=progress,
                                    compute=self.identify, **params)

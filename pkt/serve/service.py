@@ -142,7 +142,7 @@ class Service:
         """(Personality, traits identified) for ``req``; a build not in memory waits for
         the build lock and is watched (its progress in :attr:`identifying`), after a check
         that the messages alone fit the context."""
-        if self.personas.cached(req.spec):
+        if self.personas.cached(req.spec) or not self.personas.needs_model(req.spec):
             return self.personas.get(req.spec)
         self._ids(req.messages)  # the rewrite only adds to them
         if not self.build_lock.acquire(cancel=owner):
