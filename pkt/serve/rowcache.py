@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import torch
 
+from pkt.generation import _SlabLayer
 
-class _RowLayer:
+
+class _RowLayer(_SlabLayer):
     """One layer's keys and values: slabs ``[rows, heads, slots, dim]``, the first
-    ``rows`` x ``length`` in use (a transformers cache layer)."""
-
-    is_sliding = False
-    is_compileable = False
-    is_croppable = False
+    ``rows`` x ``length`` in use (a transformers cache layer; the mask sizes and lengths
+    of pkt.generation's slab layer)."""
 
     def __init__(self):
         self.is_initialized = False
@@ -67,15 +66,6 @@ class _RowLayer:
         self._views()
         return self.keys, self.values
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_max_length(self) -> int:
-        return -1
-
     # -- rows joining and leaving -----------------------------------------------------
     def admit(self, other: _RowLayer) -> None:
         """Append ``other``'s single row (its ``length`` slots), right-aligned."""
@@ -94,6 +84,9 @@ class _RowLayer:
             s[B, :, T2 - P : T2] = o[0, :, :P]
         self.rows, self.length = B + 1, T2
         self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.keep(indices, 0)
 
     def keep(self, idx: torch.Tensor, cut: int) -> None:
         """Keep the rows ``idx`` (in that order) and drop the first ``cut`` slots."""
