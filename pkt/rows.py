@@ -119,8 +119,11 @@ class RowTables:
                 if v is not None:
                     t[b, 0] = v.to(self.device, self.dtype)
             self.vectors[key] = t
+        self.on = True  # False: this forward is left alone (generating(): a prefill)
+        self.forwards = 0  # edited layer calls
         self.neurons = None
         npti = [e.neurons if e is not None else None for e in rows]
+        self._npti = npti
         if any(n is not None for n in npti):
             L, W = shape(model)
             self.L, self.W = L, W
@@ -150,6 +153,13 @@ class RowTables:
         if self.neurons is None:
             return
         idx = torch.as_tensor(steps, dtype=torch.long, device=self.device)
+        if int(idx.max()) >= self.keep.shape[1]:  # past the horizon: draw further
+            h = 2 * int(idx.max()) + 1
+            keep = torch.zeros(self.B, h, self.keep.shape[2], dtype=torch.bool, device=self.device)
+            for b, n in enumerate(self._npti):
+                if n is not None:
+                    keep[b, :, : int(n.flat.numel())] = n.keep(h)
+            self.keep = keep
         kept = self.keep[torch.arange(self.B, device=self.device), idx]
         self._inc.scatter_(1, self.flat, self.amounts * kept)
         self.inc_rows = self._inc[:, : self.L * self.W].view(self.B, self.L, self.W)
@@ -171,15 +181,16 @@ class RowTables:
         with hooked(self.model, hooks):
             yield self
 
-    @staticmethod
-    def _vector_hook(site: str, vec: torch.Tensor):
+    def _vector_hook(self, site: str, vec: torch.Tensor):
         if site == "mlp.down_in":  # a pre-hook: the input of the down projection
             def pre(_mod, args):
-                return (args[0] + vec, *args[1:])
+                return (args[0] + vec, *args[1:]) if self.on else None
 
             return pre
 
         def post(_mod, _inp, out):
+            if not self.on:
+                return None
             h = _hidden(out) + vec
             return (h, *out[1:]) if isinstance(out, tuple) else h
 
@@ -188,8 +199,16 @@ class RowTables:
     def _neuron_hook(self, layer: int):
         cap = self.cap[:, layer].unsqueeze(1) if self.has_opp[layer] else None
         add = self.has_add[layer]
+        grad_enabled = torch.is_grad_enabled
 
         def hook(_mod, _inp, out):
+            if not self.on:
+                return None
+            self.forwards += 1
+            if grad_enabled():  # the same values, out of place
+                if cap is not None:
+                    out = torch.minimum(out, cap)
+                return out + self.inc_rows[:, layer].unsqueeze(1) if add else out
             if cap is not None:
                 torch.minimum(out, cap, out=out)
             if add:
@@ -197,3 +216,42 @@ class RowTables:
             return out
 
         return hook
+
+
+@contextlib.contextmanager
+def generating(model, edit: RowEdit | None):
+    """One edit on every row of the generations run while the context is open (the
+    runner's and the API's batches, HF ``generate`` too): :class:`RowTables` with one row,
+    broadcast over the batch. A forward of more than one position per row is a prefill: it
+    restarts the keep-mask stream and is edited only with ``include_prompt`` (mask 0, and
+    decode step ``t`` takes mask ``t + 1``); otherwise decode step ``t`` takes mask ``t``.
+    Yields the tables (``forwards``: edited layer calls)."""
+    tables = RowTables(model, [edit], 128)
+    if not tables.active:
+        yield tables
+        return
+    include = bool(edit.include_prompt)
+    state = {"step": 0}
+
+    def pre(_mod, args, kwargs):
+        x = kwargs.get("input_ids")
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        if x is None and args:
+            x = args[0]
+        if x.shape[1] > 1:  # a prefill (or a shared prefix): the stream starts again
+            state["step"] = 0
+            tables.on = include
+            if not include:
+                return
+        else:
+            tables.on = True
+        tables.at([state["step"]])
+        state["step"] += 1
+
+    handle = model.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        with tables.hooks():
+            yield tables
+    finally:
+        handle.remove()

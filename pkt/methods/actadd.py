@@ -30,7 +30,7 @@ from pkt.methods import Method, Outputs, Prepared, Setting
 from pkt.neurons import identify
 from pkt.neurons.sites import decoder_layers, resolve_layers
 from pkt.params import Rule
-from pkt.rows import RowEdit
+from pkt.rows import RowEdit, generating
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,11 @@ def steer(model, adds: dict[int, torch.Tensor], include_prompt: bool = False,
     """Context manager: ``adds[l]`` added to the ``resid.post`` site of block ``l`` at the
     positions of ``scope`` (default: decode steps, or every position with
     ``include_prompt``); removed on exit."""
-    if scope is None or include_prompt:  # include_prompt: every position, also when scoring
-        scope = Scope.for_generation(include_prompt)
+    if scope is None:  # generation: pkt.rows, as the server's batch
+        return generating(model, RowEdit(adds={("resid.post", i): v for i, v in adds.items()},
+                                         include_prompt=include_prompt))
+    if include_prompt:  # include_prompt: every position, also when scoring
+        scope = Scope.every()
 
     def make(vec: torch.Tensor):
         add = masked_add(vec, scope)

@@ -52,7 +52,7 @@ from pkt.methods.auto import SEARCH, ProfileStrength, auto_strength
 from pkt.neurons import identify
 from pkt.neurons.sites import decoder_layers, mlp_width, require_one_device, resolve_layers
 from pkt.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Rule, check_folder
-from pkt.rows import RowEdit
+from pkt.rows import RowEdit, generating
 
 log = logging.getLogger(__name__)
 
@@ -293,9 +293,12 @@ def steer_down_in(model, adds: dict[int, torch.Tensor], include_prompt: bool = F
     """Context manager: ``adds[l]`` (``[width]``) added to the input of layer ``l``'s down
     projection at the positions of ``scope`` (default: decode steps, or every position with
     ``include_prompt``), in the activations' own dtype; hooks removed on exit."""
-    if scope is None or include_prompt:
-        scope = Scope.for_generation(include_prompt)
     require_one_device(model, "method=dpn")
+    if scope is None:  # generation: pkt.rows, as the server's batch
+        return generating(model, RowEdit(adds={("mlp.down_in", i): v for i, v in adds.items()},
+                                         include_prompt=include_prompt))
+    if include_prompt:
+        scope = Scope.every()
 
     def make(vec: torch.Tensor):
         add = masked_add(vec, scope)

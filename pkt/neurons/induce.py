@@ -4,10 +4,12 @@ For the target aspect's neurons ``a_j <- a_j + p95_j * strength * sigmoid(10 (di
 (each kept with probability ``keep_prob`` by a fresh mask at every forward pass) and, for
 the opposite aspect's neurons, ``a <- min(a, 0)``. The edit is precomputed as dense
 [layers, width] tensors on the model's device and dtype: a cap (0 for deactivated neurons,
-+inf elsewhere) and the amounts to add. Each hooked forward draws one keep-mask for the
-edited neurons of all layers at once from a device-side generator; each layer then
++inf elsewhere) and the amounts to add. Each edited forward takes one keep-mask for the
+edited neurons of all layers at once from a seeded device-side stream; each layer then
 costs two in-place ops (``minimum`` with the cap and ``add_``), with no Python loop over
-neurons and no host synchronisation.
+neurons and no host synchronisation. In generation the tables are applied by
+:mod:`pkt.rows` (the same code as the server's per-row batch); in teacher-forced scoring at
+the marked positions by :meth:`Induction.edit`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pkt.errors import PktError
 from pkt.hooks import Scope, hooked
 from pkt.neurons.select import NeuronSet
 from pkt.neurons.sites import require_one_device, shape
-from pkt.rows import NeuronEdit, RowEdit, draw_keep
+from pkt.rows import NeuronEdit, RowEdit, draw_keep, generating
 
 
 def edit_amount(ns: NeuronSet, strength: float) -> torch.Tensor:
@@ -162,51 +164,32 @@ class Induction:
 
     @contextlib.contextmanager
     def apply(self, model=None):
-        """Hooks on every edited layer's ``mlp.act`` site, removed on exit (also on error),
-        editing the positions of ``self.scope``."""
+        """The edit while the context is open (hooks on every edited layer's ``mlp.act``
+        site, removed on exit, also on error): in generation (decode steps, or every
+        position with ``include_prompt``) through :func:`pkt.rows.generating`, the same
+        per-row tables the server's batch uses; in teacher-forced scoring
+        (``Scope.marked()``) at the marked positions, by :meth:`edit`."""
+        model = model or self.model
+        if self.scope.kind != "marked":
+            with generating(model, self.row_edit()) as tables:
+                try:
+                    yield self
+                finally:
+                    self.forwards += tables.forwards
+            return
+        select = self.scope.select
 
         def make(layer):
-            if self.scope.kind == "marked":
-                select = self.scope.select
-
-                def scored(_mod, _inp, out):
-                    mask = select(out)
-                    if mask is None:
-                        return None
-                    out[mask] = self.edit(layer, out[mask])
-                    return out
-
-                return scored
-            # generation: the same edit as ``edit``, with everything per layer bound once,
-            # since this runs 'layers' times per decode step
-            cap = self._cap_rows[layer] if self.has_opp[layer] else None
-            inc = self._inc_rows[layer] if self.has_add[layer] else None
-            draw = layer == self.first_add and self.keep_prob < 1.0
-            decode_only = self.scope.kind == "decode"
-            minimum, grad_enabled = torch.minimum, torch.is_grad_enabled
-
-            def hook(_mod, _inp, out):
-                if draw and out.shape[-2] > 1:
-                    # a prefill starts a generation: its decode steps draw the masks of the
-                    # seed from the start, so step t of an answer gets the same mask alone,
-                    # in any batch, and through any front door
-                    self.generator.manual_seed(self.seed)
-                if decode_only and out.shape[-2] > 1:
+            def scored(_mod, _inp, out):
+                mask = select(out)
+                if mask is None:
                     return None
-                if grad_enabled():
-                    return self.edit(layer, out)
-                if cap is not None:
-                    minimum(out, cap, out=out)
-                if inc is not None:
-                    if draw:
-                        self._draw()
-                    out.add_(inc)
-                self.forwards += 1
+                out[mask] = self.edit(layer, out[mask])
                 return out
 
-            return hook
+            return scored
 
         edited = {("mlp.act", i): make(i) for i in range(self.n_layers)
                   if self.has_add[i] or self.has_opp[i]}
-        with hooked(model or self.model, edited):
+        with hooked(model, edited):
             yield self
