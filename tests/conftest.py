@@ -89,6 +89,32 @@ def run_dirs(tmp_path: Path) -> list[Path]:
     return sorted(p.parent for p in (tmp_path / "out").rglob("metrics.json"))
 
 
+# One NPTI run of the runner on the embedded model per session, strength=auto over a
+# two-value grid (python -m pkt.run, as a user types it). Its cache (persona answers,
+# statistics, neuron sets, the strength probe) is shared by the embedded tests that need an
+# identification but check something else: the API and the server from the same artifacts,
+# the README's API example (the same n_search and search budget), LoRA trained on the same
+# persona answers. Small budgets: these tests check plumbing, not results.
+EMBEDDED_NPTI = ["method=neuron", "trait=extraversion", "data.n_search=8",
+                 "search_gen.max_new_tokens=32", "data.n_test=4", "gen.max_new_tokens=32",
+                 "method.strength_grid=[1.0,2.0]", "method.auto_n_mc=10", "logger=none",
+                 "eval=none"]
+
+
+@pytest.fixture(scope="session")
+def embedded_npti(tmp_path_factory):
+    """The session's embedded NPTI run: its cache, run folder, metrics and generations.
+    Tests that use the cache may add artifacts to it, never change the ones there."""
+    tmp = tmp_path_factory.mktemp("embedded_npti")
+    r = run_pkt(EMBEDDED_NPTI, tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (d,) = run_dirs(tmp)
+    return {"cache": tmp / "cache", "dir": d, "args": EMBEDDED_NPTI,
+            "metrics": json.loads((d / "metrics.json").read_text()),
+            "info": json.loads((d / "run_info.json").read_text()),
+            "generations": read_jsonl(d / "generations.jsonl")}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

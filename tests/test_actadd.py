@@ -151,12 +151,12 @@ def test_bad_settings_are_clear_errors(prepared):
 
 @pytest.mark.embedded
 def test_actadd_run_on_embedded_model(tmp_path):
-    r = run_pkt(["method=actadd", "trait=openness", "data.n_test=3", "data.n_search=8",
-                 "gen.max_new_tokens=32", "logger=none", "eval=none"], tmp_path)
+    r = run_pkt(["method=actadd", "trait=openness", "data.n_test=2", "data.n_search=8",
+                 "gen.max_new_tokens=24", "logger=none", "eval=none"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     (d,) = run_dirs(tmp_path)
     gens = read_jsonl(d / "generations.jsonl")
-    assert len(gens) == 3 and all(g["method"] == "actadd" and g["response"].strip() for g in gens)
+    assert len(gens) == 2 and all(g["method"] == "actadd" and g["response"].strip() for g in gens)
     m = json.loads((d / "metrics.json").read_text())
     assert m["actadd_cached"] is False and len(m["actadd_vector_norm"]) == 1
     assert m["actadd_vector_norm"][0] > 0 and m["params"]["layers"] == [15]

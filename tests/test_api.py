@@ -49,17 +49,23 @@ def test_steer_on_tiny(one_thread):
 
 
 @pytest.mark.embedded
-def test_readme_api_example_runs(tmp_path, monkeypatch):
-    """The README's API example, executed as written, induces a trait on the embedded model."""
+def test_readme_api_example_runs(tmp_path, monkeypatch, embedded_npti):
+    """The README's API example, executed as written, induces a trait on the embedded model.
+    Its identification (n_search=8, 32 tokens) is the session's runner NPTI run's: the
+    statistics come from that cache (the runner and the API share their artifacts)."""
     from tests.conftest import MODEL_CACHE
 
     text = (ROOT / "README.md").read_text()
     code = re.search(r"<!-- api-example -->\n```python\n(.*?)```", text, re.S).group(1)
     assert len([x for x in code.splitlines() if x.strip()]) < 15
-    monkeypatch.setenv("PKT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PKT_CACHE", str(embedded_npti["cache"]))
     monkeypatch.setenv("PKT_MODEL_CACHE", str(MODEL_CACHE))
     monkeypatch.chdir(tmp_path)  # the example saves its sets under outputs/
     env: dict = {}
     exec(compile(code, "README.md", "exec"), env)
     assert env["high"] != env["plain"] and env["low"] != env["plain"]
     assert (tmp_path / "outputs" / "extraversion_sets" / "Extraversion_dict.json").is_file()
+    # nothing identified again: the runner's statistics were the example's
+    stats = [p for p in (embedded_npti["cache"] / "artifacts" / "statistics").iterdir()
+             if not p.name.startswith(".")]
+    assert [p.name for p in stats] == [embedded_npti["info"]["artifacts"]["statistics"]]

@@ -17,22 +17,22 @@ def _wandb_runs(run_dir):
 
 @pytest.mark.embedded
 def test_prompt_run_on_embedded_model(tmp_path):
-    r = run_pkt(["method=prompt", "trait=extraversion", "data.n_test=3", "gen.max_new_tokens=48",
-                 "eval.capability_n_mc=8"], tmp_path)
+    r = run_pkt(["method=prompt", "trait=extraversion", "data.n_test=2", "gen.max_new_tokens=24",
+                 "eval.capability_n_mc=4"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     (d,) = run_dirs(tmp_path)
     gens = read_jsonl(d / "generations.jsonl")
-    assert len(gens) == 3
+    assert len(gens) == 2
     for g in gens:
         assert g["method"] == "prompt_simple" and g["trait"] == "extraversion" and g["aspect"] == "high"
         assert g["params"]["variant"] == "simple" and g["question"] and g["response"].strip()
     m = json.loads((d / "metrics.json").read_text())
-    assert m["model"] == "smollm2_135m" and m["n"] == 3 and m["mean_response_tokens"] > 5
+    assert m["model"] == "smollm2_135m" and m["n"] == 2 and m["mean_response_tokens"] > 5
     assert m["gen_tokens_per_s"] > 0 and set(m["timings"]) >= {"load_model", "prepare", "respond", "total"}
     # evaluation: offline trait scorer, fluency figures, capability ratios
     assert m["trait_scorer"] == "offline-minilm" and 1 <= m["trait_score"]["mean"] <= 5
     assert m["ppl"]["mean"] > 1 and 0 < m["distinct_2"] <= 1 and m["fluency"] is None
-    assert m["capability"]["n_mc"] == 8 and m["capability"]["mc_ratio"] is not None
+    assert m["capability"]["n_mc"] == 4 and m["capability"]["mc_ratio"] is not None
     assert all(1 <= g["trait_score"] <= 5 and g["ppl"] > 1 for g in gens)
     info = json.loads((d / "run_info.json").read_text())
     assert len(info["data_hash"]) == 16 and info["versions"]["torch"]
@@ -93,47 +93,31 @@ def test_unwritable_output_folder(tmp_path):
 
 
 @pytest.mark.embedded
-def test_neuron_changes_most_responses_and_reuses_artifacts(tmp_path):
-    common = ["trait=extraversion", "data.n_test=4", "data.n_search=16",
-              "search_gen.max_new_tokens=48", "gen.max_new_tokens=48", "logger=none", "eval=none"]
-    auto = ["method.strength_grid=[1.0,2.0]", "method.auto_n_mc=10"]
-    cache = tmp_path / "cache"
-    r = run_pkt(["method=neuron", *common, *auto], tmp_path, cache=cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = run_pkt(["method=base", *common], tmp_path, cache=cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = run_pkt(["method=neuron", "aspect=low", *common, "method.strength=1.0"], tmp_path,
-                cache=cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    runs = {}
-    for d in run_dirs(tmp_path):
-        m = json.loads((d / "metrics.json").read_text())
-        runs[(m["method"], m["aspect"])] = (d, m)
-    (dn, mn), (db, _), (_dl, ml) = runs[("neuron", "high")], runs[("base", "high")], runs[("neuron", "low")]
-    assert mn["neuron_stats_cached"] is False and ml["neuron_stats_cached"] is True
+def test_neuron_changes_most_responses_and_reuses_artifacts(embedded_npti):
+    """The session's NPTI run (python -m pkt.run, strength=auto, tests/conftest.py): the
+    choice is recorded, the sets and plots are written, and the API and the server rebuild
+    the same personality from its cache."""
+    mn, neuron, dn = embedded_npti["metrics"], embedded_npti["generations"], embedded_npti["dir"]
+    assert mn["method"] == "neuron" and mn["aspect"] == "high" and len(neuron) == 4
+    assert mn["neuron_stats_cached"] is False
     # strength=auto (the default) probed the grid and recorded its choice
     chosen = mn["strength_auto"]
     assert chosen["chosen"] in (1.0, 2.0) and mn["params"]["strength"] == chosen["chosen"]
     assert [t["strength"] for t in chosen["trials"]][:1] == [1.0]
-    assert "strength_auto" not in ml and ml["params"]["strength"] == 1.0
     assert mn["neurons_high"] >= 230 and mn["neurons_low"] >= 230  # k_min = 0.5% of 46,080
     assert sum(mn["neurons_high_per_layer"]) == mn["neurons_high"]
     assert (dn / "neurons_per_layer.png").stat().st_size > 1000
     assert (dn / "neurons" / "Extraversion_dict.json").exists()
-    neuron = read_jsonl(dn / "generations.jsonl")
-    base = read_jsonl(db / "generations.jsonl")
-    assert [g["question"] for g in neuron] == [g["question"] for g in base]
-    changed = sum(a["response"] != b["response"] for a, b in zip(neuron, base))
-    assert changed >= 3
-    _same_personality_through_the_api_and_the_server(cache, mn, neuron)
+    _same_personality_through_the_api_and_the_server(embedded_npti["cache"], mn, neuron)
 
 
 def _same_personality_through_the_api_and_the_server(cache, mn: dict, neuron: list[dict]):
     """NPTI with strength=auto on the embedded model, as the runner just made it: the API
     and the server build the same personality from the same cached artifacts (nothing is
     computed again: compute=False / serve.identify=false) and give the same tokens. The API
-    answers in the runner's batch (same padding, same float rounding); the server decodes one
-    request at a time, so it is compared with the API answering one question at a time."""
+    answers in the runner's batch (same padding, same float rounding); the server is
+    compared with the API answering one question at a time (one request at a time). The
+    other aspect's sets come from the same identification (compute=False again)."""
     import pkt
     from pkt.serve import Settings
     from tests.test_serve import Running
@@ -141,17 +125,26 @@ def _same_personality_through_the_api_and_the_server(cache, mn: dict, neuron: li
     os.environ.setdefault("PKT_MODEL_CACHE", str(MODEL_CACHE))
     lm = pkt.load_model("smollm2_135m")
     auto = {"strength_grid": [1.0, 2.0], "auto_n_mc": 10}
-    pers = pkt.personality(lm, "extraversion:high", "neuron", n_search=16, cache=cache,
-                           compute=False, search_gen={"max_new_tokens": 48}, **auto)
+    search = {"n_search": 8, "search_gen": {"max_new_tokens": 32}}
+    pers = pkt.personality(lm, "extraversion:high", "neuron", cache=cache, compute=False,
+                           **search, **auto)
     assert pers.info["settings"] == mn["params"]
     qs = [g["question"] for g in neuron]
-    assert pers.answer(qs, max_new_tokens=48) == [g["response"] for g in neuron]
-    one_by_one = pers.answer(qs[:2], max_new_tokens=48, batch_size=1)
-    settings = Settings(n_search=16, search_max_new_tokens=48, cache_dir=str(cache),
+    assert pers.answer(qs, max_new_tokens=32) == [g["response"] for g in neuron]
+    # NPTI moves most answers away from the plain model's
+    plain = pkt.answer(lm, qs, max_new_tokens=32)
+    assert sum(a != g["response"] for a, g in zip(plain, neuron)) >= 3
+    low = pkt.personality(lm, "extraversion:low:1.0", "neuron", cache=cache, compute=False,
+                          **search)
+    assert low.info["settings"]["strength"] == 1.0
+    low_answers = low.answer(qs[:2], max_new_tokens=32)
+    assert all(a != b for a, b in zip(low_answers, plain[:2]))
+    one_by_one = pers.answer(qs[:2], max_new_tokens=32, batch_size=1)
+    settings = Settings(n_search=8, search_max_new_tokens=32, cache_dir=str(cache),
                         identify=False, params={"neuron": auto})
     with Running(lm, settings) as srv:
         for q, want in zip(qs[:2], one_by_one):
-            assert srv.text(messages=[{"role": "user", "content": q}], max_tokens=48,
+            assert srv.text(messages=[{"role": "user", "content": q}], max_tokens=32,
                             personality="extraversion:high@neuron") == want
 
 

@@ -198,16 +198,20 @@ def test_training_curves_go_to_the_runners_own_wandb_run(tmp_path):
 
 
 @pytest.mark.embedded
-def test_lora_run_on_embedded_model(tmp_path):
-    r = run_pkt(["method=lora", "trait=openness", "data.n_test=3", "data.n_search=8",
-                 "search_gen.max_new_tokens=32", "gen.max_new_tokens=32", "logger=none", "eval=none",
-                 "method.max_epochs=1", "method.max_steps=2", "method.batch_size=4"], tmp_path)
+def test_lora_run_on_embedded_model(tmp_path, embedded_npti):
+    """Trained on the persona answers of the session's NPTI run (tests/conftest.py: the same
+    trait, search split and budget, the same cache): the LoRA run answers nothing again."""
+    r = run_pkt(["method=lora", "trait=extraversion", "data.n_test=2", "data.n_search=8",
+                 "search_gen.max_new_tokens=32", "gen.max_new_tokens=24", "logger=none", "eval=none",
+                 "method.max_epochs=1", "method.max_steps=2", "method.batch_size=4"], tmp_path,
+                cache=embedded_npti["cache"])
     assert r.returncode == 0, r.stderr[-3000:]
     (d,) = run_dirs(tmp_path)
     gens = read_jsonl(d / "generations.jsonl")
-    assert len(gens) == 3 and all(g["method"] == "lora" for g in gens)
+    assert len(gens) == 2 and all(g["method"] == "lora" and g["response"].strip() for g in gens)
     m = json.loads((d / "metrics.json").read_text())
     assert m["lora_adapter_cached"] is False and m["lora_steps"] == 2
     assert m["lora_train_examples"] + m["lora_val_examples"] <= 8
     info = json.loads((d / "run_info.json").read_text())
-    assert info["artifacts"]["lora_adapter"] and info["artifacts"]["statistics"]
+    assert info["artifacts"]["lora_adapter"]
+    assert info["artifacts"]["statistics"] == embedded_npti["info"]["artifacts"]["statistics"]
