@@ -97,7 +97,7 @@ def run_dirs(tmp_path: Path) -> list[Path]:
 # persona answers. Small budgets: these tests check plumbing, not results.
 EMBEDDED_NPTI = ["method=neuron", "trait=extraversion", "data.n_search=8",
                  "search_gen.max_new_tokens=32", "data.n_test=4", "gen.max_new_tokens=32",
-                 "method.strength_grid=[1.0,2.0]", "method.auto_n_mc=10", "logger=none",
+                 "method.strength_grid=[1.0,2.0]", "method.auto_n_mc=4", "logger=none",
                  "eval=none"]
 
 

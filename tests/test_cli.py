@@ -124,7 +124,7 @@ def _same_personality_through_the_api_and_the_server(cache, mn: dict, neuron: li
 
     os.environ.setdefault("PKT_MODEL_CACHE", str(MODEL_CACHE))
     lm = pkt.load_model("smollm2_135m")
-    auto = {"strength_grid": [1.0, 2.0], "auto_n_mc": 10}
+    auto = {"strength_grid": [1.0, 2.0], "auto_n_mc": 4}
     search = {"n_search": 8, "search_gen": {"max_new_tokens": 32}}
     pers = pkt.personality(lm, "extraversion:high", "neuron", cache=cache, compute=False,
                            **search, **auto)
@@ -164,8 +164,11 @@ def test_evaluation_takes_the_capability_figures_strength_auto_measured(tmp_path
     assert auto["chosen"] == 1.0 and cap["measured_by"] == "strength_auto" and cap["n_mc"] == 6
     (t,) = [t for t in auto["trials"] if t["strength"] == 1.0]
     assert cap["ppl_ratio"] == pytest.approx(t["ppl_ratio"]) and cap["mc_ratio"] == pytest.approx(t["mc_ratio"])
-    # on other items than the probe's, the evaluation measures for itself
-    r = run_pkt([*args, "eval.capability_n_mc=5"], tmp_path / "b")
+    # on other items than the probe's, the evaluation measures for itself (the same cache:
+    # the identification, the probe and the scorer are reused, the measurement is not)
+    r = run_pkt([*args, "eval.capability_n_mc=5"], tmp_path / "b", cache=tmp_path / "a" / "cache")
     assert r.returncode == 0, r.stderr[-3000:]
     (d,) = run_dirs(tmp_path / "b")
-    assert json.loads((d / "metrics.json").read_text())["capability"]["measured_by"] == "evaluation"
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["strength_auto_cached"] is True and m["capability"]["measured_by"] == "evaluation"
+    assert m["capability"]["n_mc"] == 5

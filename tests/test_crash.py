@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -32,12 +34,19 @@ def _run(tmp: Path, cache: Path, fault: str | None = None):
     return run_pkt(TINY, tmp, cache, env_extra={"PKT_FAULT": fault} if fault else {})
 
 
-def test_a_kill_at_a_write_boundary_or_a_mixed_checkpoint_is_never_used(tmp_path):
-    clean = tmp_path / "clean"
-    r = _run(tmp_path / "a", clean)
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A run never interrupted: its cache (read only: a test copies it to change it) and
+    metrics, the reference of both tests below."""
+    tmp = tmp_path_factory.mktemp("clean_run")
+    r = _run(tmp, tmp / "cache")
     assert r.returncode == 0, r.stderr[-2000:]
-    want = _digest(clean)
-    metrics = json.loads((run_dirs(tmp_path / "a")[0] / "metrics.json").read_text())
+    return tmp / "cache", json.loads((run_dirs(tmp)[0] / "metrics.json").read_text())
+
+
+def test_a_kill_at_a_write_boundary_or_a_mixed_checkpoint_is_never_used(tmp_path, clean_run):
+    clean = shutil.copytree(clean_run[0], tmp_path / "clean")
+    want, metrics = _digest(clean), clean_run[1]
 
     # killed after the second chunk's checkpoint was written, before it was published
     cache = tmp_path / "killed"
@@ -75,12 +84,11 @@ def test_a_kill_at_a_write_boundary_or_a_mixed_checkpoint_is_never_used(tmp_path
     assert again["neurons_high"] == metrics["neurons_high"] and again["neuron_stats_cached"] is False
 
 
-def test_a_kill_while_publishing_any_artifact_leaves_none_and_the_rerun_is_exact(tmp_path):
+def test_a_kill_while_publishing_any_artifact_leaves_none_and_the_rerun_is_exact(tmp_path,
+                                                                                  clean_run):
     """Killed with the statistics written but not yet renamed into place (and, in a second
     run, the neuron sets'): no artifact appears, and the next run makes the same ones."""
-    clean = tmp_path / "clean"
-    assert _run(tmp_path / "a", clean).returncode == 0
-    want = _digest(clean)
+    want = _digest(clean_run[0])
     for point in ("dir.publish@1", "dir.publish@2"):
         cache = tmp_path / point.replace("@", "-")
         r = _run(tmp_path / f"k-{point}", cache, fault=point)
