@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The study's runs (experiments/dpn_study/README.md), from the repository root after
-# `make install`. Two chains that may run side by side (the second waits for nothing: a
-# trait's NPTI identification is computed once, whichever chain needs it first, the other
-# waits for it through the artifact store's lock).
+# `make install`: `experiments/dpn_study/run.sh` (all, three processes side by side) or one
+# part (a, b, c, d, e). A trait's NPTI identification is computed once, whichever part needs
+# it first (another one waits for it through the artifact store's lock).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/multiruns/dpn_study}
@@ -34,19 +34,42 @@ chain_b() {
       hydra.sweep.dir=$OUT/npti_prompts
 }
 
+no_d() {
+  # DPN-LE's selection without the Cohen's d criterion (d_threshold=0: the top 0.5% |delta|
+  # of each layer), from the prompts and from the answers: over answer tokens |d| stays
+  # below 0.5, so the published 0.8 selects no neuron there
+  $PY -m pkt.run -m method=dpn method.d_threshold=0 aspect=high,low "${COMMON[@]}" "${AUTO[@]}" \
+      hydra.sweep.dir=$OUT/dpn_d0
+  $PY -m pkt.run -m method=dpn method.source=answers method.d_threshold=0 aspect=high,low \
+      "${COMMON[@]}" "${AUTO[@]}" hydra.sweep.dir=$OUT/dpn_answers_d0
+}
+
+prompts_k230() {
+  # NPTI from the prompts with NPTI's own budget: only the 230 largest diffs (model.npti_k_min
+  # 0.005), not every neuron with diff >= 0.1 (about 1000 from the prompts)
+  $PY -m pkt.run -m method=neuron method.source=prompts method.diff_threshold=1.01 aspect=high,low \
+      "${COMMON[@]}" "${AUTO[@]}" hydra.sweep.dir=$OUT/npti_prompts_k230
+}
+
 diagnosis() {
   # NPTI's high aspect at the strength its run chose (s), one factor at a time (diagnose.py);
   # needs the npti sweep's high runs
   for t in openness conscientiousness; do
     $PY experiments/dpn_study/diagnose.py --trait $t --runs $OUT/npti --n-mc 100 \
-        --cells clamponly,noclamp,x2noclamp,x4noclamp,random_noclamp,random_x2noclamp,x2 \
+        --cells clamponly,noclamp,x2noclamp,x4noclamp,random_x2noclamp,x2 \
         --out ${DIAG_OUT:-experiments/dpn_study/results}
   done
+  # the runner's run again, from the cache (its answers must be the run's: same_answers)
+  $PY experiments/dpn_study/diagnose.py --trait conscientiousness --runs $OUT/npti --n-mc 100 \
+      --cells default --out ${DIAG_OUT:-experiments/dpn_study/results}
 }
 
 case "${1:-all}" in
   a) chain_a ;;
   b) chain_b ;;
   c) diagnosis ;;
-  all) chain_a & (chain_b; diagnosis); wait ;;
+  d) no_d ;;
+  e) prompts_k230 ;;
+  # (the diagnosis reads the npti sweep of chain a)
+  all) (chain_a; diagnosis) & (chain_b; prompts_k230) & no_d; wait ;;
 esac

@@ -3,10 +3,11 @@
     python experiments/dpn_study/summarize.py --runs outputs/multiruns/dpn_study \
         --out experiments/dpn_study/results
 
-Reads every ``metrics.json`` under the sweeps ``base``, ``npti``, ``npti_prompts``,
-``dpn``, ``dpn_answers`` and ``npti_noclamp`` and writes ``<out>/cells.json`` (one row per
-run: cell, trait, aspect, offline trait score, strength, capability ratios, neurons, run
-folder), ``<out>/summary.md`` (the table) and ``<out>/separation.png``.
+Reads every ``metrics.json`` under the sweeps of :data:`CELLS` and writes
+``<out>/cells.json`` (one row per run: cell, trait, aspect, offline trait score, strength,
+capability ratios, neurons, run folder), ``<out>/runs/<cell>_<trait>_<aspect>/`` (each
+run's ``generations.jsonl`` and ``metrics.json``), ``<out>/summary.md`` (the table, and the
+diagnosis cells of ``<out>/diagnosis.jsonl`` when there) and ``<out>/separation.png``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ CELLS = [  # (sweep folder, label: statistics from / edit)
     ("base", "base (plain model, neutral prompt)"),
     ("npti", "NPTI as published (answers / NPTI edit)"),
     ("npti_prompts", "NPTI from prompts (prompts / NPTI edit)"),
+    ("npti_prompts_k230", "NPTI from prompts, 230 neurons (`diff_threshold=1.01`)"),
     ("dpn", "DPN-LE as published (prompts / DPN edit)"),
     ("dpn_answers", "DPN-LE from answers (answers / DPN edit)"),
+    ("dpn_d0", "DPN-LE, no d criterion (prompts / DPN edit, `d_threshold=0`)"),
+    ("dpn_answers_d0", "DPN-LE, no d criterion (answers / DPN edit, `d_threshold=0`)"),
     ("npti_noclamp", "NPTI, clamp off (`deactivate=false`)"),
 ]
 TRAITS = ("openness", "conscientiousness", "agreeableness")
@@ -82,6 +86,32 @@ def table(data: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def diagnosis_table(path: Path, data: list[dict]) -> str:
+    if not path.is_file():
+        return ""
+    base = {r["trait"]: r["score"] for r in data if r["cell"] == "base"}
+    npti = {(r["trait"], r["aspect"]): r for r in data if r["cell"] == "npti"}
+    lines = ["| trait | cell | strength | clamp of the low set | target set | high score "
+             "| − base | PPL ratio | MC ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in TRAITS:
+        r = npti.get((t, "high"))
+        if r is None:
+            continue
+        lines.append(f"| {t} | default (the NPTI run) | {r['strength']:.1f} | on | NPTI's "
+                     f"| {r['score']:.2f} | {r['score'] - base.get(t, r['score']):+.2f} "
+                     f"| {fmt(r['ppl_ratio'], 3)} | {fmt(r['mc_ratio'], 3)} |")
+        for line in path.read_text().splitlines():
+            d = json.loads(line)
+            if d["trait"] != t:
+                continue
+            lines.append(f"| {t} | {d['cell']} | {d['strength']:.1f} | "
+                         f"{'on' if d['deactivate'] else 'off'} | "
+                         f"{'random (same amounts)' if d['random_target'] else 'NPTI' + chr(39) + 's'} "
+                         f"| {d['score']:.2f} | {d['score'] - base.get(t, d['score']):+.2f} "
+                         f"| {d['ppl_ratio']:.3f} | {d['mc_ratio']:.3f} |")
+    return "\n".join(lines)
+
+
 def plot(data: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -90,20 +120,23 @@ def plot(data: list[dict], path: Path) -> None:
 
     by = {(r["cell"], r["trait"], r["aspect"]): r for r in data}
     traits = [t for t in TRAITS if ("base", t, "high") in by]
-    cells = [c for c, _ in CELLS[1:5]]
-    fig, axes = plt.subplots(1, len(traits), figsize=(5 * len(traits), 3.6), squeeze=False)
+    cells = ["npti", "npti_prompts", "npti_prompts_k230", "dpn", "dpn_answers", "dpn_d0",
+             "dpn_answers_d0"]
+    fig, axes = plt.subplots(1, len(traits), figsize=(5.5 * len(traits), 3.6), squeeze=False)
     for ax, trait in zip(axes[0], traits):
         base = by[("base", trait, "high")]["score"]
         for i, c in enumerate(cells):
-            for aspect, mk, col in (("high", "^", "tab:red"), ("low", "v", "tab:blue")):
+            for aspect, mk, col, dx in (("high", "^", "tab:red", -0.12),
+                                        ("low", "v", "tab:blue", 0.12)):
                 r = by.get((c, trait, aspect))
                 if r:
-                    ax.errorbar(i, r["score"], yerr=r["sd"] / max(r["n"], 1) ** 0.5, fmt=mk,
+                    ax.errorbar(i + dx, r["score"], yerr=r["sd"] / max(r["n"], 1) ** 0.5, fmt=mk,
                                 color=col, label=aspect if i == 0 else None)
         ax.axhline(base, color="grey", ls="--", label="base")
         ax.set_xticks(range(len(cells)))
-        ax.set_xticklabels(["NPTI\nanswers", "NPTI\nprompts", "DPN-LE\nprompts",
-                            "DPN-LE\nanswers"])
+        ax.set_xticklabels(["NPTI\nanswers", "NPTI\nprompts", "NPTI 230\nprompts",
+                            "DPN-LE\nprompts", "DPN-LE\nanswers", "DPN d=0\nprompts",
+                            "DPN d=0\nanswers"], fontsize=8)
         ax.set_title(f"{trait}: offline trait score (mean ± s.e.)")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -118,10 +151,20 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     data = rows(Path(a.runs))
+    # every run's answers and metrics, kept with the study (outputs/ is not in git)
+    import shutil
+
+    for r in data:
+        d = out / "runs" / f"{r['cell']}_{r['trait']}_{r['aspect']}"
+        d.mkdir(parents=True, exist_ok=True)
+        for f in ("generations.jsonl", "metrics.json"):
+            shutil.copyfile(Path(r["run"]) / f, d / f)
     (out / "cells.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / "summary.md").write_text(table(data) + "\n")
+    diag = diagnosis_table(out / "diagnosis.jsonl", data)
+    text = table(data) + ("\n\nDiagnosis of NPTI's high aspect:\n\n" + diag if diag else "")
+    (out / "summary.md").write_text(text + "\n")
     plot(data, out / "separation.png")
-    print(table(data))
+    print(text)
 
 
 if __name__ == "__main__":
