@@ -1,5 +1,6 @@
 """method=lora: data masking, one training step, adapter cache round trip, W&B, end to end."""
 
+import math
 import json
 import os
 import time
@@ -215,3 +216,13 @@ def test_lora_run_on_embedded_model(tmp_path, embedded_npti):
     info = json.loads((d / "run_info.json").read_text())
     assert info["artifacts"]["lora_adapter"]
     assert info["artifacts"]["statistics"] == embedded_npti["info"]["artifacts"]["statistics"]
+
+
+def test_max_steps_inside_the_first_epoch_still_validates(tmp_path):
+    """max_steps reached before the first epoch ends: validation runs at that step (early
+    stopping and restore_best need a val_loss), not Lightning's error."""
+    lm = TinyRandomModel().load()
+    m = LoraMethod(_ctx(lm, tmp_path), **{**FAST, "batch_size": 1, "max_steps": 2, "max_epochs": 1})
+    p = m.prepare(outputs(tmp_path / "run"))
+    assert p.metrics["lora_steps"] == 2 and p.metrics["lora_train_examples"] > 2
+    assert math.isfinite(p.metrics["lora_best_val_loss"])

@@ -327,7 +327,12 @@ class LoraMethod(Method):
         # Lightning's own folder: the run's, or (outside a run) one that is removed after
         scratch = tempfile.TemporaryDirectory(prefix="pkt-lora-") if self.out is None else None
         root = scratch.name if scratch else str(Path(self.out.run_dir) / "lightning")
+        # max_steps may end training inside the first epoch, before the epoch's validation:
+        # then validate at that batch, so early stopping and restore_best have a val_loss
+        batches = int(p["max_steps"]) * int(p["accumulate_grad_batches"])
+        check = batches if 0 < batches < len(train_dl) else None
         trainer = L.Trainer(
+            val_check_interval=check,
             accelerator=self.accelerator, devices=self.devices, strategy=self.strategy,
             precision=p["precision"], max_epochs=int(p["max_epochs"]),
             max_steps=int(p["max_steps"]), gradient_clip_val=p["grad_clip"],
