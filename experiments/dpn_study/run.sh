@@ -10,7 +10,8 @@ OUT=${OUT:-outputs/multiruns/dpn_study}
 # the same measurement) on the first 100 MC items, the same for every cell; one torch
 # thread per process (the two chains share 2 cores)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-COMMON=(trait=openness,conscientiousness data.n_test=16 eval.capability_n_mc=100 logger=none)
+# (agreeableness, added last: TRAITS=agreeableness experiments/dpn_study/run.sh agree)
+COMMON=(trait=${TRAITS:-openness,conscientiousness} data.n_test=16 eval.capability_n_mc=100 logger=none)
 AUTO=(method.auto_n_mc=100)
 
 chain_a() {
@@ -64,12 +65,26 @@ diagnosis() {
       --cells default --out ${DIAG_OUT:-experiments/dpn_study/results}
 }
 
+agree() {
+  # the cells run for agreeableness (with TRAITS=agreeableness), in two processes
+  ($PY -m pkt.run -m method=neuron aspect=high,low "${COMMON[@]}" "${AUTO[@]}" \
+       hydra.sweep.dir=$OUT/npti
+   $PY -m pkt.run -m method=dpn method.source=answers method.d_threshold=0 aspect=high,low \
+       "${COMMON[@]}" "${AUTO[@]}" hydra.sweep.dir=$OUT/dpn_answers_d0) &
+  $PY -m pkt.run -m method=base "${COMMON[@]}" hydra.sweep.dir=$OUT/base
+  $PY -m pkt.run -m method=dpn aspect=high,low "${COMMON[@]}" "${AUTO[@]}" hydra.sweep.dir=$OUT/dpn
+  $PY -m pkt.run -m method=neuron method.source=prompts method.diff_threshold=1.01 aspect=high,low \
+      "${COMMON[@]}" "${AUTO[@]}" hydra.sweep.dir=$OUT/npti_prompts_k230
+  wait
+}
+
 case "${1:-all}" in
   a) chain_a ;;
   b) chain_b ;;
   c) diagnosis ;;
   d) no_d ;;
   e) prompts_k230 ;;
+  agree) agree ;;
   # (the diagnosis reads the npti sweep of chain a)
   all) (chain_a; diagnosis) & (chain_b; prompts_k230) & no_d; wait ;;
 esac
