@@ -170,6 +170,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--n-search", type=int, default=16)
     ap.add_argument("--search-tokens", type=int, default=48)
+    ap.add_argument("--server-threads", type=int, default=None,
+                    help="OMP_NUM_THREADS of the servers (default: inherited)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "bench" / "serve_results.json"))
     ap.add_argument("--plot", default=str(ROOT / "experiments" / "bench" / "serve_batching.png"))
     args = ap.parse_args()
@@ -185,7 +187,9 @@ def main() -> None:
     try:
         for side, rows in SIDES.items():  # one after the other: the second reuses the cache
             launched[side] = Launched([*common, f"serve.max_batch={rows}"],
-                                      log=ROOT / "outputs" / "serve" / f"bench-{side}.log")
+                                      log=ROOT / "outputs" / "serve" / f"bench-{side}.log",
+                                      env={"OMP_NUM_THREADS": str(args.server_threads)}
+                                      if args.server_threads else None)
             urls[side] = launched[side].__enter__()
         ready_s = time.time() - t_start
         for url in urls.values():  # warm-up (not counted): every personality once
@@ -235,6 +239,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": os.cpu_count(), "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "server_threads": args.server_threads or os.environ.get("OMP_NUM_THREADS"),
                     "loadavg_start": load_start,
                     "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
