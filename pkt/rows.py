@@ -85,6 +85,11 @@ class RowEdit:
     def empty(self) -> bool:
         return self.neurons is None and not self.adds
 
+    @classmethod
+    def vectors(cls, site: str, adds: dict[int, torch.Tensor], include_prompt: bool) -> RowEdit:
+        """A vector method's edit: ``adds[l]`` at ``site`` of layer ``l``."""
+        return cls(adds={(site, i): v for i, v in adds.items()}, include_prompt=include_prompt)
+
 
 def _hidden(out):
     return out[0] if isinstance(out, tuple) else out

@@ -115,8 +115,7 @@ def steer(model, adds: dict[int, torch.Tensor], include_prompt: bool = False,
     positions of ``scope`` (default: decode steps, or every position with
     ``include_prompt``); removed on exit."""
     if scope is None:  # generation: pkt.rows, as the server's batch
-        return generating(model, RowEdit(adds={("resid.post", i): v for i, v in adds.items()},
-                                         include_prompt=include_prompt))
+        return generating(model, RowEdit.vectors("resid.post", adds, include_prompt))
     if include_prompt:  # include_prompt: every position, also when scoring
         scope = Scope.every()
 
@@ -215,8 +214,7 @@ class ActAddMethod(Method):
         return steer(self.ctx.lm.model, self.additions(), self.include_prompt, scope)
 
     def row_edit(self) -> RowEdit:
-        return RowEdit(adds={("resid.post", i): v for i, v in self.additions().items()},
-                       include_prompt=self.include_prompt)
+        return RowEdit.vectors("resid.post", self.additions(), self.include_prompt)
 
     # a profile: the sum of every trait's additions (its vector times its sign and
     # strength), at the layers of the method's config
@@ -231,8 +229,7 @@ class ActAddMethod(Method):
 
     @classmethod
     def profile_row_edit(cls, parts: list[ActAddMethod], profile) -> RowEdit:
-        return RowEdit(adds={("resid.post", i): v for i, v in cls.profile_additions(parts).items()},
-                       include_prompt=parts[0].include_prompt)
+        return RowEdit.vectors("resid.post", cls.profile_additions(parts), parts[0].include_prompt)
 
     @classmethod
     def profile_info(cls, parts: list[ActAddMethod], profile) -> dict:

@@ -295,8 +295,7 @@ def steer_down_in(model, adds: dict[int, torch.Tensor], include_prompt: bool = F
     ``include_prompt``), in the activations' own dtype; hooks removed on exit."""
     require_one_device(model, "method=dpn")
     if scope is None:  # generation: pkt.rows, as the server's batch
-        return generating(model, RowEdit(adds={("mlp.down_in", i): v for i, v in adds.items()},
-                                         include_prompt=include_prompt))
+        return generating(model, RowEdit.vectors("mlp.down_in", adds, include_prompt))
     if include_prompt:
         scope = Scope.every()
 
@@ -551,8 +550,7 @@ class DpnMethod(ProfileStrength, Method):
                              scope)
 
     def row_edit(self) -> RowEdit:
-        return RowEdit(adds={("mlp.down_in", i): v for i, v in self.additions().items()},
-                       include_prompt=self.include_prompt)
+        return RowEdit.vectors("mlp.down_in", self.additions(), self.include_prompt)
 
     # -- profiles ------------------------------------------------------------------------
 
@@ -573,8 +571,7 @@ class DpnMethod(ProfileStrength, Method):
 
     @classmethod
     def profile_row_edit(cls, parts: list[DpnMethod], profile) -> RowEdit:
-        return RowEdit(adds={("mlp.down_in", i): v for i, v in cls.profile_additions(parts).items()},
-                       include_prompt=parts[0].include_prompt)
+        return RowEdit.vectors("mlp.down_in", cls.profile_additions(parts), parts[0].include_prompt)
 
     @classmethod
     def profile_info(cls, parts: list[DpnMethod], profile) -> dict:

@@ -4,7 +4,7 @@ Endpoints: ``GET /`` (the chat page), ``GET /health``, ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``POST /v1/chat/completions`` (JSON, or server-sent
 ``chat.completion.chunk`` events ending with ``data: [DONE]`` when ``stream`` is true).
 The body is validated by :mod:`pkt.serve.schema`; the work is done by
-:class:`pkt.serve.service.Service`, one request at a time.
+:class:`pkt.serve.service.Service` (one decoding batch, a personality per row).
 
 A streaming request that waits for an identification (a trait's first use) is answered
 at once with its headers and SSE comment lines, ``: identifying openness (high: 12/227

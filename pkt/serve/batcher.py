@@ -70,6 +70,9 @@ class Batcher:
         self.model, self.tokenizer = lm.model, lm.tokenizer
         self.eos = _eos_ids(self.model, self.tokenizer)
         self.device = next(self.model.parameters()).device
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        self._eos_cols = torch.tensor(sorted(e for e in self.eos if e < vocab), dtype=torch.long,
+                                      device=self.device)
         self.window = _sliding_window(self.model.config)
         self.max_rows, self.max_waiting = int(max_rows), int(max_waiting)
         self.cv = threading.Condition()
@@ -204,10 +207,9 @@ class Batcher:
                 scores = _repetition_penalty(scores, self.seen, pen)
             else:
                 scores[idx] = _repetition_penalty(scores[idx], self.seen[idx], pen)
-        eos_t = sorted(e for e in self.eos if e < scores.shape[-1])
         ignore = [b for b, r in enumerate(rows) if r.sampling.ignore_eos]
-        if ignore and eos_t:
-            scores[torch.tensor(ignore)[:, None], torch.tensor(eos_t)[None, :]] = -math.inf
+        if ignore and self._eos_cols.numel():
+            scores[torch.tensor(ignore, device=self.device)[:, None], self._eos_cols[None, :]] = -math.inf
         tokens = scores.argmax(-1).tolist()
         for b, r in enumerate(rows):
             if r.sampling.temperature > 0:

@@ -1,4 +1,5 @@
-"""The generation lock: granted in arrival order, and a waiter may leave the queue."""
+"""The build lock (one personality build at a time): granted in arrival order, and a
+waiter may leave the queue."""
 
 from __future__ import annotations
 
