@@ -110,9 +110,10 @@ def test_choose_strength_scans_perplexity_then_bisects_mc():
 
     s, trials = choose_strength(grid, p, m, max_ppl_ratio=1.15, min_mc_ratio=0.95)
     assert s == 2.0
-    # perplexity up to the first miss (4.0); MC only by bisection over 0.5 .. 3.0
+    # perplexity up to the first miss (4.0); MC at the largest candidate (3.0: fails), then
+    # by bisection over 0.5 .. 2.5 (1.5 passes, 2.0 passes, 2.5 fails)
     assert asked["ppl"] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
-    assert asked["mc"] == [1.5, 2.5, 2.0]  # 6 candidates: 1.5 passes, 2.5 fails, 2.0 passes
+    assert asked["mc"] == [3.0, 1.5, 2.0, 2.5]
     by = {t["strength"]: t for t in trials}
     assert [t["strength"] for t in trials] == asked["ppl"]
     assert by[2.0]["within"] and by[2.0]["mc_ratio"] == 0.96
@@ -124,6 +125,10 @@ def test_choose_strength_scans_perplexity_then_bisects_mc():
         want = max(full) if full else 0.5
         got, _ = choose_strength(grid, ppl.get, mc.get, max_ppl_ratio=1.15, min_mc_ratio=bound)
         assert got == want, bound
+    # the largest candidate passes MC: one MC probe
+    asked["mc"].clear()
+    s, _ = choose_strength(grid, ppl.get, m, max_ppl_ratio=1.15, min_mc_ratio=0.85)
+    assert s == 3.0 and asked["mc"] == [3.0]
     # nothing within the perplexity bound: the smallest, marked out of bounds
     s, trials = choose_strength(grid, lambda s: 2.0, m, max_ppl_ratio=1.15, min_mc_ratio=0.95)
     assert s == 0.5 and trials == [{"strength": 0.5, "ppl_ratio": 2.0, "mc_ratio": None,

@@ -19,7 +19,7 @@ from pkt.hooks import Scope
 log = logging.getLogger(__name__)
 
 AUTO_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
-SEARCH = "ppl-scan+mc-bisect"  # the search (part of the cache keys)
+SEARCH = "ppl-scan+mc-top-then-bisect"  # the search (part of the cache keys)
 
 
 class ProfileStrength:
@@ -40,8 +40,10 @@ def choose_strength(grid, ppl_ratio, mc_ratio, max_ppl_ratio: float,
 
     1. Perplexity (cheap: a few seconds a probe) for each strength from the smallest up;
        the first one above ``max_ppl_ratio`` ends the scan.
-    2. MC accuracy (most of the probe's time) by bisection over the strengths that passed,
-       so about log2(n) + 1 probes instead of n. Bisection assumes that capability falls
+    2. MC accuracy (most of the probe's time) at the largest strength that passed: when
+       it passes too, that is the choice (one MC probe; on the embedded model perplexity
+       is usually the bound that binds). Otherwise a bisection over the strengths below
+       it, so at most log2(n) + 2 probes instead of n. Both assume that capability falls
        as strength rises (as the scan does for perplexity); a bound of 0 skips step 2.
 
     ``ppl_ratio(s)`` and ``mc_ratio(s)`` return the ratios to the plain model. Returns the
@@ -61,8 +63,10 @@ def choose_strength(grid, ppl_ratio, mc_ratio, max_ppl_ratio: float,
     lo, hi = -1, len(ok)  # ok[lo] passes MC (lo = -1: none known), ok[hi] fails (hi = len: none)
     if min_mc_ratio <= 0:
         lo = len(ok) - 1
+    first = True  # the largest candidate first, then bisection below it
     while hi - lo > 1:
-        mid = (lo + hi) // 2
+        mid = hi - 1 if first else (lo + hi) // 2
+        first = False
         s = ok[mid]
         r = float(mc_ratio(s))
         trials[s]["mc_ratio"] = r

@@ -121,8 +121,9 @@ class NeuronMethod(ProfileStrength, Method):
 
     def _auto_strength(self, aspect: str) -> tuple[float, list[dict]]:
         """The largest strength of the grid whose capability stays within the bounds
-        (:func:`choose_strength`: a perplexity scan, then a bisection on MC accuracy), each
-        probe with the edit active, as ratios to the plain model. If even the smallest
+        (:func:`choose_strength`: a perplexity scan, then MC accuracy at the largest
+        strength that passed, bisecting below it when that fails), each probe with the
+        edit active, as ratios to the plain model. If even the smallest
         strength is out of bounds it is used anyway and the trials say so. Cached per
         neuron sets, aspect, grid, bounds and probe.
         """
