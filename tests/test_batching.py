@@ -66,10 +66,11 @@ class Collect:
         return self.events[-1][1]
 
 
-def run(lm, jobs, max_rows: int, gap: float = 0.0, steps: list | None = None) -> list[Collect]:
+def run(lm, jobs, max_rows: int, gap: float = 0.0, steps: list | None = None,
+        prompt_cache: int = 0, figures: list | None = None) -> list[Collect]:
     """``jobs``: (personality, prompt ids, Sampling); all submitted, every answer collected
-    (``steps`` receives the batch's decode forwards)."""
-    b = Batcher(lm, max_rows=max_rows, max_waiting=1000)
+    (``steps`` receives the batch's decode forwards, ``figures`` its figures)."""
+    b = Batcher(lm, max_rows=max_rows, max_waiting=1000, prompt_cache_tokens=prompt_cache)
     try:
         got = []
         for p, ids, s in jobs:
@@ -81,6 +82,8 @@ def run(lm, jobs, max_rows: int, gap: float = 0.0, steps: list | None = None) ->
             assert c.done.wait(120)
         if steps is not None:
             steps.append(b.steps)
+        if figures is not None:
+            figures.append(b.figures())
         return got
     finally:
         b.stop()
@@ -111,6 +114,51 @@ def test_mixed_batch_equals_one_at_a_time(lm64):
         assert m.out.token_ids == a.out.token_ids and m.text == a.text
         assert m.out.finish_reason == a.out.finish_reason
     assert len({tuple(a.out.token_ids) for a in alone}) > len(jobs) // 2  # edits differ
+
+
+def test_the_prompt_cache_changes_no_answer(lm64):
+    """With the prompt cache on, newcomers start from an earlier prompt's keys and values
+    (the chat template and the instructions they share) and every answer, of every row
+    kind, greedy and sampled, is the one computed whole, in float64. Rows whose edit
+    includes the prompt never use it."""
+    lm, pers = lm64
+    jobs = mixed_jobs(lm, pers)
+    alone = run(lm, jobs, max_rows=1)
+    figs = []
+    cached = run(lm, jobs, max_rows=5, gap=0.002, prompt_cache=10_000, figures=figs)
+    for a, m in zip(alone, cached):
+        assert m.out.token_ids == a.out.token_ids and m.text == a.text
+    pc = figs[0]["prompt_cache"]
+    plain = [ids for p, ids, _s in jobs if not (p.row_edit() and p.row_edit().include_prompt)]
+    assert 0 < pc["hits"] <= len(plain) - 1
+    assert pc["reused_tokens"] >= pc["hits"] * 5  # the chat template's system turn at least
+    assert run(lm, jobs[:2], max_rows=2, figures=figs) and figs[1]["prompt_cache"] is None
+
+
+def test_prompt_cache_keeps_the_longest_prefix_within_its_bound(tiny):
+    from pkt.serve.rowcache import PromptCache
+
+    def filled(ids):
+        one = RowCache(tiny.model)
+        with torch.no_grad():
+            tiny.model(input_ids=torch.tensor([ids]), cache=one.cache, use_cache=True)
+        return one
+
+    pc = PromptCache(max_tokens=12)
+    a, b = [1, 2, 3, 4, 5], [1, 2, 3, 9, 9, 9]
+    pc.put(a, filled(a))
+    pc.put(b, filled(b))
+    assert pc.tokens == 11 and len(pc.entries) == 2
+    n, kv = pc.longest([1, 2, 3, 4, 7, 7])
+    assert n == 4 and torch.equal(kv[0][0], filled(a).layers[0]._k[:1, :, :5])
+    assert pc.longest([1, 2, 3, 4, 5])[0] == 4  # the last token is always computed
+    assert pc.longest([8, 1])[0] == 0 and pc.hits == 2 and pc.reused == 8
+    pc.put(a + [6], filled(a + [6]))  # extends a: replaces it
+    assert sorted(map(len, pc.entries)) == [6, 6] and pc.tokens == 12
+    pc.put([5, 5, 5], filled([5, 5, 5]))  # past the bound: the least recently used goes
+    assert list(pc.entries) == [tuple(a + [6]), (5, 5, 5)] and pc.tokens == 9
+    pc.put(list(range(13)), filled(list(range(13))))  # longer than the bound: not kept
+    assert pc.tokens == 9
 
 
 def test_greedy_rows_equal_the_runners_generation(lm64):

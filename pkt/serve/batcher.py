@@ -32,7 +32,7 @@ import torch
 from pkt.generation import _eos_ids, _repetition_penalty, _sliding_window
 from pkt.rows import RowEdit, RowTables
 from pkt.serve.engine import Completion, Sampling, held_back, sample_next, stop_cut
-from pkt.serve.rowcache import RowCache
+from pkt.serve.rowcache import PromptCache, RowCache
 
 log = logging.getLogger("pkt.serve")
 
@@ -66,7 +66,8 @@ class Row:
 class Batcher:
     """The scheduler: :meth:`submit` a :class:`Row`; events go out through its ``emit``."""
 
-    def __init__(self, lm, max_rows: int = 16, max_waiting: int = 64):
+    def __init__(self, lm, max_rows: int = 16, max_waiting: int = 64,
+                 prompt_cache_tokens: int = 0):
         self.model, self.tokenizer = lm.model, lm.tokenizer
         self.eos = _eos_ids(self.model, self.tokenizer)
         self.device = next(self.model.parameters()).device
@@ -75,6 +76,10 @@ class Batcher:
                                       device=self.device)
         self.window = _sliding_window(self.model.config)
         self.max_rows, self.max_waiting = int(max_rows), int(max_waiting)
+        # prompts' keys and values for newcomers that start the same way (not with a
+        # sliding attention window, whose cache this module does not model)
+        self.prompts = PromptCache(prompt_cache_tokens) if prompt_cache_tokens > 0 and \
+            self.window is None else None
         self.cv = threading.Condition()
         self.waiting: deque[Row] = deque()
         self.rows: list[Row] = []
@@ -176,15 +181,23 @@ class Batcher:
             r.gen.manual_seed(int(s.seed if s.seed is not None else secrets.randbits(63))
                               % (2**63))
         one = RowCache(self.model)
-        n = len(r.ids)
+        n, start = len(r.ids), 0
+        plain = self.prompts is not None and (r.edit is None or not r.edit.include_prompt)
+        if plain:  # the prompt's prefill is the plain model's: start from a cached prefix
+            start, kv = self.prompts.longest(r.ids)
+            if start:
+                one.seed(kv, start)
         tables = RowTables(self.model, [r.edit], 1, prefill=True)
         tables.at([0])
         with tables.hooks():
-            logits = self.model(input_ids=torch.tensor([r.ids], dtype=torch.long, device=self.device),
+            logits = self.model(input_ids=torch.tensor([r.ids[start:]], dtype=torch.long,
+                                                       device=self.device),
                                 attention_mask=torch.ones(1, n, dtype=torch.long, device=self.device),
-                                position_ids=torch.arange(n, device=self.device).unsqueeze(0),
+                                position_ids=torch.arange(start, n, device=self.device).unsqueeze(0),
                                 cache=one.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         one.mask = torch.ones(1, n, dtype=torch.long, device=self.device)
+        if plain:
+            self.prompts.put(r.ids, one)
         self.cache.admit(one)
         vocab = logits.shape[-1]
         seen = torch.zeros(1, vocab, dtype=torch.bool, device=self.device)
@@ -296,7 +309,11 @@ class Batcher:
                 "decode_steps": self.steps,
                 "tokens_per_s": round(sum(n for _t, n in list(self.recent)) / window_s, 2),
                 "latency_s": _percentiles(lat), "ttft_s": _percentiles(ttft),
-                "recent_requests": len(done)}
+                "recent_requests": len(done),
+                "prompt_cache": None if self.prompts is None else {
+                    "entries": len(self.prompts.entries), "tokens": self.prompts.tokens,
+                    "max_tokens": self.prompts.max_tokens, "hits": self.prompts.hits,
+                    "reused_tokens": self.prompts.reused}}
 
 
 def _percentiles(xs: list[float]) -> dict:

@@ -31,6 +31,13 @@ def prometheus(h: dict) -> str:
         for q in ("p50", "p95"):
             metric(name, "gauge", f"{name.replace('_', ' ')} over recent requests.",
                    b[fig][q], f'{{quantile="{0.5 if q == "p50" else 0.95}"}}')
+    pc = b.get("prompt_cache")
+    if pc is not None:
+        metric("prompt_cache_hits_total", "counter",
+               "Prefills that started from a cached prompt prefix.", pc["hits"])
+        metric("prompt_cache_reused_tokens_total", "counter",
+               "Prompt tokens taken from the prompt cache instead of computed.",
+               pc["reused_tokens"])
     metric("identifying", "gauge", "1 while a trait is being identified.",
            int(h["identifying"] is not None))
     return "\n".join(lines) + "\n"

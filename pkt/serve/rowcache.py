@@ -15,6 +15,9 @@ masked.
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
+
 import torch
 
 from pkt.generation import _SlabLayer
@@ -140,7 +143,60 @@ class RowCache:
                 layer.keep(t, cut)
         self.mask = mask[:, cut:]
 
+    def seed(self, kv: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> None:
+        """An empty one-row cache starts from the first ``n`` slots of ``kv`` (per layer,
+        keys and values ``[1, heads, slots, dim]``: a cached prompt)."""
+        for layer, (k, v) in zip(self.layers, kv):
+            layer.update(k[:, :, :n], v[:, :, :n])
+        self.mask = torch.ones(1, n, dtype=torch.long, device=self.device)
+
     def grow(self) -> torch.Tensor:
         """The attention mask of the next decode step (one more slot for every row)."""
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.rows, 1)], 1)
         return self.mask
+
+
+class PromptCache:
+    """Keys and values of recent prompts' unedited prefill, so that a newcomer whose prompt
+    starts like an earlier one (the chat template's system turn, a personality's neutral
+    instruction or persona description) computes only the rest of it.
+
+    Least recently used entries go first past ``max_tokens`` slots in all; an entry that
+    a newer prompt extends is replaced by it. Only prefills that no edit touches may be
+    stored or reused (a row whose edit includes the prompt prefills alone)."""
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = int(max_tokens)
+        self.entries: OrderedDict[tuple[int, ...], list] = OrderedDict()
+        self.tokens = 0
+        self.hits = self.reused = 0  # prefills that started from a cached prompt; slots saved
+
+    def longest(self, ids: list[int]) -> tuple[int, list | None]:
+        """The longest cached prefix of ``ids`` but its last token (which must be computed
+        for the next token's logits): its length and its entry's keys and values."""
+        best, kv, key, ids = 0, None, None, tuple(ids)
+        for k, e in self.entries.items():
+            n = min(len(os.path.commonprefix([k, ids])), len(ids) - 1)
+            if n > best:
+                best, kv, key = n, e, k
+        if key is not None:
+            self.entries.move_to_end(key)
+            self.hits += 1
+            self.reused += best
+        return best, kv
+
+    def put(self, ids: list[int], one: RowCache) -> None:
+        """Keep ``one``'s prompt (its single row's first ``len(ids)`` slots)."""
+        n = len(ids)
+        if self.max_tokens < n:
+            return
+        key = tuple(ids)
+        for k in [k for k in self.entries if len(k) <= n and key[: len(k)] == k]:
+            self.tokens -= len(k)  # covered by the new one
+            del self.entries[k]
+        kv = [(layer._k[:1, :, :n].clone(), layer._v[:1, :, :n].clone()) for layer in one.layers]
+        self.entries[key] = kv
+        self.tokens += n
+        while self.tokens > self.max_tokens:
+            k, _ = self.entries.popitem(last=False)
+            self.tokens -= len(k)

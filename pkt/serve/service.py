@@ -77,7 +77,8 @@ class Service:
         self.tokenizer = lm.tokenizer
         cfg = lm.model.config
         self.context_length = int(getattr(cfg, "max_position_embeddings", 0) or 0) or None
-        self.batcher = Batcher(lm, settings.max_batch, settings.max_waiting)
+        self.batcher = Batcher(lm, settings.max_batch, settings.max_waiting,
+                               settings.prompt_cache_tokens)
         self.build_lock = FifoLock()  # one personality build at a time
         self._builder = None  # the model copy builds run on (made at the first build)
         self._mu = threading.Lock()

@@ -52,6 +52,9 @@ class Settings(BaseModel):
     # (beyond that: HTTP 429 with Retry-After)
     max_batch: int = Field(16, ge=1, le=1024)
     max_waiting: int = Field(64, ge=1)
+    # prompt slots whose keys and values are kept for newcomers that start the same way
+    # (0: every prompt is computed whole)
+    prompt_cache_tokens: int = Field(4096, ge=0)
     # seconds between identification progress lines (log, SSE comments)
     progress_interval: float = Field(2.0, gt=0, le=600, allow_inf_nan=False)
     log_level: Literal[LOG_LEVELS] = "info"
