@@ -135,6 +135,35 @@ def test_the_prompt_cache_changes_no_answer(lm64):
     assert run(lm, jobs[:2], max_rows=2, figures=figs) and figs[1]["prompt_cache"] is None
 
 
+def test_newcomers_that_arrive_together_share_one_prefill(lm64):
+    """Requests that arrive while the scheduler is busy are prefilled in one forward pass
+    (rows of every kind, some from cached prefixes of different lengths, some editing their
+    prompt): the same answers as one at a time, in float64."""
+    lm, pers = lm64
+    jobs = mixed_jobs(lm, pers)[:8]
+    assert any(p.row_edit() is not None and p.row_edit().include_prompt for p, _i, _s in jobs)
+    alone = run(lm, jobs, max_rows=1)
+    for cache in (0, 10_000):
+        b = Batcher(lm, max_rows=8, max_waiting=100, prompt_cache_tokens=cache)
+        try:
+            got = [Collect()]  # one alone first (its prompt cached), then the others at once
+            b.submit(Row(jobs[0][1], jobs[0][2], jobs[0][0].row_edit(), got[0]))
+            assert got[0].done.wait(120)
+            with b.model_lock:  # the scheduler waits: the requests queue up meanwhile
+                for p, ids, s in jobs[1:]:
+                    got.append(Collect())
+                    b.submit(Row(ids, s, p.row_edit(), got[-1]))
+            for c in got:
+                assert c.done.wait(120)
+            assert b.prefills <= 3  # the first of the others may be taken before the rest
+            plain = [p for p, _i, _s in jobs[1:] if not (p.row_edit() and p.row_edit().include_prompt)]
+            assert b.prompts is None if not cache else b.prompts.hits >= len(plain)
+        finally:
+            b.stop()
+        for a, m in zip(alone, got):
+            assert m.out.token_ids == a.out.token_ids and m.text == a.text, cache
+
+
 def test_prompt_cache_keeps_the_longest_prefix_within_its_bound(tiny):
     from pkt.serve.rowcache import PromptCache
 

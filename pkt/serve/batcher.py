@@ -1,7 +1,8 @@
 """Continuous batching: one decoding batch, a different personality on every row.
 
 One scheduler thread owns the serving model. Between two decode steps it admits waiting
-requests (each prefilled alone, then copied into the batch's cache, :mod:`pkt.serve.rowcache`),
+requests (their prompts in one forward pass, each from its longest cached prefix,
+:mod:`pkt.serve.prefill`, then copied into the batch's cache, :mod:`pkt.serve.rowcache`),
 samples every row's next token with the row's own settings (temperature, top-p, seed, stop
 strings, ``max_tokens``, repetition penalty, ``ignore_eos``), hands out each row's new text,
 retires the rows that finished, were cancelled or hit a stop string, and runs one forward
@@ -32,6 +33,7 @@ import torch
 from pkt.generation import _eos_ids, _repetition_penalty, _sliding_window
 from pkt.rows import RowEdit, RowTables
 from pkt.serve.engine import Completion, Sampling, held_back, sample_next, stop_cut
+from pkt.serve.prefill import prefill
 from pkt.serve.rowcache import PromptCache, RowCache
 
 log = logging.getLogger("pkt.serve")
@@ -86,6 +88,9 @@ class Batcher:
         self.model_lock = threading.Lock()  # held while the scheduler uses the model
         self.stopping = False
         self.steps = 0  # decode forwards so far
+        self.prefills = 0  # prefill forwards so far (newcomers that arrive together share one)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else 0)
         self.recent: deque[tuple[float, int]] = deque()  # (time, tokens) of the last seconds
         self.finished: deque[Row] = deque(maxlen=512)
         self._reset()
@@ -151,14 +156,17 @@ class Batcher:
 
     # -- one step -----------------------------------------------------------------------
     def _iteration(self, new: list[Row]) -> None:
+        live = []
         for r in new:
             if r.on_admit is not None:
                 r.on_admit()
             if r.cancel.is_set():
                 r.out.finish_reason = "cancelled"
                 self._done(r)
-                continue
-            self._prefill(r)
+            else:
+                live.append(r)
+        if live:
+            self._prefill(live)
         if not self.rows:
             return
         tokens = self._sample()
@@ -173,40 +181,30 @@ class Batcher:
             return
         self._decode(tokens)
 
-    def _prefill(self, r: Row) -> None:
-        s, out = r.sampling, r.out
-        out.prompt_tokens = len(r.ids)
-        if s.temperature > 0:
-            r.gen = torch.Generator(device=self.device)
-            r.gen.manual_seed(int(s.seed if s.seed is not None else secrets.randbits(63))
-                              % (2**63))
-        one = RowCache(self.model)
-        n, start = len(r.ids), 0
-        plain = self.prompts is not None and (r.edit is None or not r.edit.include_prompt)
-        if plain:  # the prompt's prefill is the plain model's: start from a cached prefix
-            start, kv = self.prompts.longest(r.ids)
-            if start:
-                one.seed(kv, start)
-        tables = RowTables(self.model, [r.edit], 1, prefill=True)
-        tables.at([0])
-        with tables.hooks():
-            logits = self.model(input_ids=torch.tensor([r.ids[start:]], dtype=torch.long,
-                                                       device=self.device),
-                                attention_mask=torch.ones(1, n, dtype=torch.long, device=self.device),
-                                position_ids=torch.arange(start, n, device=self.device).unsqueeze(0),
-                                cache=one.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        one.mask = torch.ones(1, n, dtype=torch.long, device=self.device)
-        if plain:
-            self.prompts.put(r.ids, one)
-        self.cache.admit(one)
-        vocab = logits.shape[-1]
-        seen = torch.zeros(1, vocab, dtype=torch.bool, device=self.device)
-        seen[0, torch.tensor([t for t in r.ids if t < vocab], dtype=torch.long,
-                             device=self.device)] = True
-        self.seen = seen if self.seen is None else torch.cat([self.seen, seen])
-        self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
-        r.pos = n
-        self.rows.append(r)
+    def _prefill(self, new: list[Row]) -> None:
+        """The newcomers' prompts in one forward pass (one each with a sliding attention
+        window), then their rows join the batch (:func:`pkt.serve.prefill.prefill`)."""
+        for r in new:
+            r.out.prompt_tokens = len(r.ids)
+            if r.sampling.temperature > 0:
+                r.gen = torch.Generator(device=self.device)
+                r.gen.manual_seed(int(r.sampling.seed if r.sampling.seed is not None
+                                      else secrets.randbits(63)) % (2**63))
+        groups = [new] if self.window is None else [[r] for r in new]
+        for group in groups:
+            logits, caches = prefill(self.model, [r.ids for r in group],
+                                     [r.edit for r in group], self.prompts, self.pad_id)
+            self.prefills += 1
+            vocab = logits.shape[-1]
+            seen = torch.zeros(len(group), vocab, dtype=torch.bool, device=self.device)
+            for b, (r, one) in enumerate(zip(group, caches)):
+                self.cache.admit(one)
+                seen[b, torch.tensor([t for t in r.ids if t < vocab], dtype=torch.long,
+                                     device=self.device)] = True
+                r.pos = len(r.ids)
+                self.rows.append(r)
+            self.seen = seen if self.seen is None else torch.cat([self.seen, seen])
+            self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
         self.tables = None
 
     def _sample(self) -> list[int]:
@@ -306,7 +304,7 @@ class Batcher:
         rows = sum(r.out.finish_reason is None for r in list(self.rows))  # not yet answered
         return {"rows": rows, "max_rows": self.max_rows,
                 "waiting": len(self.waiting), "max_waiting": self.max_waiting,
-                "decode_steps": self.steps,
+                "decode_steps": self.steps, "prefill_passes": self.prefills,
                 "tokens_per_s": round(sum(n for _t, n in list(self.recent)) / window_s, 2),
                 "latency_s": _percentiles(lat), "ttft_s": _percentiles(ttft),
                 "recent_requests": len(done),
