@@ -10,6 +10,7 @@ import torch
 from pkt.bars import AnswerBar
 from pkt.errors import PktError
 from pkt.hooks import Scope, position_ids
+from pkt.kvcache import slab_cache, sliding_window
 
 
 @dataclass
@@ -132,7 +133,7 @@ def check_context(lm, prompts: list[tuple[str, str]], max_new_tokens: int, what:
                            f"context of {n} tokens")
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def eos_ids(model, tokenizer) -> set[int]:
     ids = set()
     eos = getattr(model.generation_config, "eos_token_id", None)
     for e in eos if isinstance(eos, (list, tuple)) else [eos]:
@@ -203,89 +204,11 @@ def prefix_groups(rows: list[list[int]]) -> list[tuple[int, int, int]]:
     return out[::-1]
 
 
-def _repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """The usual rule: a seen token's logit is divided by ``penalty`` if > 0, else multiplied."""
     if penalty == 1.0:
         return logits
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
-
-
-class _SlabLayer:
-    """One layer's KV cache written in place into preallocated slabs.
-
-    transformers' ``DynamicLayer`` concatenates the whole cache with the new step's keys
-    and values at every decode step (a copy of the cache per layer per token); here each
-    step writes its slice and the attention reads a view. Rows that leave the batch are
-    dropped with one copy.
-    """
-
-    is_sliding = False
-    is_compileable = False
-    is_croppable = False
-
-    def __init__(self, keys: torch.Tensor | None, values: torch.Tensor | None, capacity: int):
-        self.capacity = capacity
-        self.length = 0
-        self.is_initialized = False
-        self.keys = self.values = None
-        if keys is not None:
-            self.update(keys, values)
-
-    def lazy_initialization(self, key_states, value_states) -> None:
-        b, h, _, d = key_states.shape
-        self.device = key_states.device
-        self.dtype = key_states.dtype
-        self._k = key_states.new_zeros(b, h, self.capacity, d)
-        self._v = value_states.new_zeros(b, h, self.capacity, value_states.shape[-1])
-        self.is_initialized = True
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n, m = self.length, key_states.shape[-2]
-        if n + m > self._k.shape[-2]:  # past the planned capacity: grow (not expected)
-            grow = max(n + m, 2 * self._k.shape[-2]) - self._k.shape[-2]
-            self._k = torch.cat([self._k, self._k.new_zeros(*self._k.shape[:2], grow, self._k.shape[-1])], 2)
-            self._v = torch.cat([self._v, self._v.new_zeros(*self._v.shape[:2], grow, self._v.shape[-1])], 2)
-        self._k[:, :, n : n + m] = key_states
-        self._v[:, :, n : n + m] = value_states
-        self.length = n + m
-        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
-        return self.keys, self.values
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.is_initialized:
-            self._k, self._v = self._k[indices], self._v[indices]
-            self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
-
-
-def slab_cache(model, kv, capacity: int):
-    """A transformers ``Cache`` of :class:`_SlabLayer` (filled from ``kv`` when given)."""
-    from transformers.cache_utils import Cache, CacheLayerMixin
-
-    CacheLayerMixin.register(_SlabLayer)  # transformers looks for attention layers by type
-    n = model.config.num_hidden_layers
-    layers = [_SlabLayer(*(kv[i] if kv else (None, None)), capacity) for i in range(n)]
-    return Cache(layers=layers)
-
-
-def _sliding_window(cfg) -> int | None:
-    """The smallest attention window of ``cfg``'s sliding-window layers (as transformers
-    builds its cache), or None when it has none."""
-    from transformers import DynamicCache
-
-    sizes = [int(getattr(layer, "sliding_window", 0) or 0)
-             for layer in DynamicCache(config=cfg).layers if getattr(layer, "is_sliding", False)]
-    return min(sizes) if sizes else None
 
 
 def _prefill(model, rows: list[list[int]], device, scope: Scope | None, capacity: int = 0):
@@ -307,7 +230,7 @@ def _prefill(model, rows: list[list[int]], device, scope: Scope | None, capacity
 
     cfg = model.config
     groups = prefix_groups(rows)
-    window = _sliding_window(cfg) if any(p for _s, _e, p in groups) else None
+    window = sliding_window(cfg) if any(p for _s, _e, p in groups) else None
     if window is not None:
         need = max(p for _s, _e, p in groups) + \
             max(len(rows[i]) - p for s, e, p in groups for i in range(s, e)) + capacity
@@ -380,7 +303,7 @@ def decode_batch(model, rows: list[list[int]], gen: GenConfig, eos: set[int],
     alive = torch.arange(B, device=device)  # original row of each batch row
     outs: list[list[int]] = [[] for _ in range(B)]
     for step in range(gen.max_new_tokens):
-        nxt = _repetition_penalty(logits.float(), seen, gen.repetition_penalty).argmax(-1)
+        nxt = repetition_penalty(logits.float(), seen, gen.repetition_penalty).argmax(-1)
         for b, t in zip(alive.tolist(), nxt.tolist()):
             outs[b].append(t)
         n = len(nxt)
@@ -431,7 +354,7 @@ def generate(model, tokenizer, prompts: list[str], gen: GenConfig, desc: str = "
     if scope is not None and engine != "pkt":
         raise ValueError("recording positions needs engine='pkt'")
     device = next(model.parameters()).device
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: ids[i] if engine == "pkt" else len(ids[i]))
     results: list[Generation | None] = [None] * len(prompts)

@@ -144,11 +144,11 @@ def test_recorded_positions_follow_rows_that_finish_early(spread_tiny):
 
 def test_slab_cache_layer_matches_concatenation():
     """The engine's in-place KV layer returns what concatenation would, and drops rows."""
-    from pkt.generation import _SlabLayer
+    from pkt.kvcache import SlabLayer
 
     torch.manual_seed(0)
     steps = [torch.randn(3, 2, n, 4) for n in (5, 1, 1, 1)]
-    layer = _SlabLayer(None, None, capacity=6)  # one step past the capacity: it grows
+    layer = SlabLayer(None, None, capacity=6)  # one step past the capacity: it grows
     ref = None
     for i, s in enumerate(steps):
         s = s if i < 2 else s[:2]

@@ -71,7 +71,7 @@ def choice_logprobs(model, items: list[tuple[list[int], list[list[int]]]], pad_i
     """
     from transformers import DynamicCache
 
-    from pkt.generation import slab_cache
+    from pkt.kvcache import slab_cache
 
     device = next(model.parameters()).device
     out: list[list[tuple[float, int]]] = [[(0.0, 0)] * len(ch) for _c, ch in items]

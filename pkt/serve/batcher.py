@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pkt.generation import _eos_ids, _repetition_penalty, _sliding_window
+from pkt.generation import eos_ids, repetition_penalty
+from pkt.kvcache import sliding_window
 from pkt.rows import RowEdit, RowTables
 from pkt.serve.engine import Completion, Sampling, held_back, sample_next, stop_cut
 from pkt.serve.prefill import prefill
@@ -71,12 +72,12 @@ class Batcher:
     def __init__(self, lm, max_rows: int = 16, max_waiting: int = 64,
                  prompt_cache_tokens: int = 0):
         self.model, self.tokenizer = lm.model, lm.tokenizer
-        self.eos = _eos_ids(self.model, self.tokenizer)
+        self.eos = eos_ids(self.model, self.tokenizer)
         self.device = next(self.model.parameters()).device
         vocab = self.model.get_output_embeddings().weight.shape[0]
         self._eos_cols = torch.tensor(sorted(e for e in self.eos if e < vocab), dtype=torch.long,
                                       device=self.device)
-        self.window = _sliding_window(self.model.config)
+        self.window = sliding_window(self.model.config)
         self.max_rows, self.max_waiting = int(max_rows), int(max_waiting)
         # prompts' keys and values for newcomers that start the same way (not with a
         # sliding attention window, whose cache this module does not model)
@@ -215,9 +216,9 @@ class Batcher:
         for pen in sorted(set(pens)):
             idx = [b for b, p in enumerate(pens) if p == pen]
             if len(idx) == len(rows):
-                scores = _repetition_penalty(scores, self.seen, pen)
+                scores = repetition_penalty(scores, self.seen, pen)
             else:
-                scores[idx] = _repetition_penalty(scores[idx], self.seen[idx], pen)
+                scores[idx] = repetition_penalty(scores[idx], self.seen[idx], pen)
         ignore = [b for b, r in enumerate(rows) if r.sampling.ignore_eos]
         if ignore and self._eos_cols.numel():
             scores[torch.tensor(ignore, device=self.device)[:, None], self._eos_cols[None, :]] = -math.inf

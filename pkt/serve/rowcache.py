@@ -20,10 +20,10 @@ from collections import OrderedDict
 
 import torch
 
-from pkt.generation import _SlabLayer
+from pkt.kvcache import SlabLayer
 
 
-class _RowLayer(_SlabLayer):
+class _RowLayer(SlabLayer):
     """One layer's keys and values: slabs ``[rows, heads, slots, dim]``, the first
     ``rows`` x ``length`` in use (a transformers cache layer; the mask sizes and lengths
     of pkt.generation's slab layer)."""
