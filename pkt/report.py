@@ -28,7 +28,7 @@ from pkt.profiles import TRAIT_NAMES  # noqa: E402
 from pkt.records import read_metrics  # noqa: E402
 
 TRAITS = list(TRAIT_NAMES)
-METHOD_ORDER = ["base", "prompt_simple", "prompt_p2", "neuron", "lora", "actadd"]
+METHOD_ORDER = ["base", "prompt_simple", "prompt_p2", "neuron", "dpn", "lora", "actadd"]
 ASPECT_ORDER = ["high", "low"]
 DEFAULT_STRENGTH = 1.0
 DASH = "–"
