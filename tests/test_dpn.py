@@ -19,17 +19,10 @@ from pkt.errors import PktError
 from pkt.generation import GenConfig
 from pkt.hooks import Scope, hooked, site_modules
 from pkt.methods import registry
-from pkt.methods.dpn import (
-    DpnMethod,
-    band_layers,
-    effect_sizes,
-    rank_weights,
-    select,
-    statistics,
-    unit_edit,
-)
+from pkt.methods.dpn import DpnMethod
 from pkt.models import TINY_ARCHS, TinyRandomModel
 from pkt.neurons import identify
+from pkt.neurons.dpn import band_layers, effect_sizes, rank_weights, select, statistics, unit_edit
 from pkt.neurons.sites import decoder_layers
 from pkt.profiles import Profile
 from tests.conftest import CONF, openness_context, read_jsonl, run_dirs, run_pkt

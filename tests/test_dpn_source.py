@@ -16,21 +16,16 @@ from pkt.artifacts import ArtifactStore, key_hash, read_meta
 from pkt.errors import PktError
 from pkt.generation import GenConfig
 from pkt.hooks import hooked
-from pkt.methods.dpn import (
-    DpnMethod,
-    answer_moments,
-    answer_statistics,
-    effect_sizes,
-    select,
-)
+from pkt.methods.dpn import DpnMethod
 from pkt.methods.neuron import NeuronMethod
 from pkt.models import TinyRandomModel
 from pkt.neurons import identify
+from pkt.neurons.dpn import answer_moments, answer_statistics, effect_sizes, select
 from pkt.neurons.select import select_sets
 from pkt.neurons.sites import decoder_layers
 from pkt.neurons.stats import ActivationStats
 from tests.conftest import CONF
-from tests.test_dpn import LOOSE, PERSONAS, QUESTIONS, _ctx
+from tests.test_dpn import LOOSE, QUESTIONS, _ctx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,7 +49,7 @@ def _by_hand(model, site: str, seqs: list[tuple[list[int], list[int]]]) -> torch
         got = {}
         pre = site == "mlp.down_in"
 
-        def make(i):
+        def make(i, got=got, pre=pre):
             if pre:
                 return lambda mod, a: got.__setitem__(i, a[0][0].clone())
             return lambda mod, a, out: got.__setitem__(i, out[0].clone())
