@@ -193,9 +193,9 @@ class Batcher:
                                       else secrets.randbits(63)) % (2**63))
         groups = [new] if self.window is None else [[r] for r in new]
         for group in groups:
-            logits, caches = prefill(self.model, [r.ids for r in group],
-                                     [r.edit for r in group], self.prompts, self.pad_id)
-            self.prefills += 1
+            logits, caches, passes = prefill(self.model, [r.ids for r in group],
+                                             [r.edit for r in group], self.prompts, self.pad_id)
+            self.prefills += passes
             vocab = logits.shape[-1]
             seen = torch.zeros(len(group), vocab, dtype=torch.bool, device=self.device)
             for b, (r, one) in enumerate(zip(group, caches)):

@@ -23,15 +23,47 @@ from pkt.serve.rowcache import PromptCache, RowCache
 
 
 def prefill(model, prompts: list[list[int]], edits: list[RowEdit | None],
-            cache: PromptCache | None, pad_id: int = 0) -> tuple[torch.Tensor, list[RowCache]]:
+            cache: PromptCache | None, pad_id: int = 0) -> tuple[torch.Tensor, list[RowCache], int]:
     """The next-token logits ``[rows, vocab]`` of ``prompts`` (each with its edit, which
-    acts on the prompt only with ``include_prompt``) and each row's cache. ``cache``, when
+    acts on the prompt only with ``include_prompt``), each row's cache, and the number of
+    forward passes. ``cache``, when
     given, provides cached prefixes to the rows whose prefill no edit touches, and keeps
-    their prompts."""
-    dev = next(model.parameters()).device
-    B = len(prompts)
+    their prompts. Rows whose new parts differ much in length go in separate passes
+    (:func:`groups`), so that padding never costs more than the rows themselves."""
     plain = [cache is not None and (e is None or not e.include_prompt) for e in edits]
     found = [cache.longest(ids) if p else (0, None) for ids, p in zip(prompts, plain)]
+    logits: list = [None] * len(prompts)
+    rows: list = [None] * len(prompts)
+    passes = groups([len(p) - n for p, (n, _kv) in zip(prompts, found)])
+    for g in passes:
+        lg, rc = _pass(model, [prompts[i] for i in g], [edits[i] for i in g],
+                       [found[i] for i in g], pad_id)
+        for k, i in enumerate(g):
+            logits[i], rows[i] = lg[k : k + 1], rc[k]
+            if plain[i]:
+                cache.put(prompts[i], rc[k])
+    return torch.cat(logits), rows, len(passes)
+
+
+def groups(new: list[int], slack: int = 16) -> list[list[int]]:
+    """Row indices in passes: by length of the new part, a row joins the current pass while
+    its new part is at most ``max(slack, shortest)`` tokens longer than the pass's shortest
+    (at most about twice the work of the rows alone)."""
+    out: list[list[int]] = []
+    for i in sorted(range(len(new)), key=lambda i: (new[i], i)):
+        if out and new[i] - new[out[-1][0]] <= max(slack, new[out[-1][0]]):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def _pass(model, prompts: list[list[int]], edits: list[RowEdit | None], found: list,
+          pad_id: int) -> tuple[torch.Tensor, list[RowCache]]:
+    """One forward pass of ``prompts``, each from its cached prefix ``found`` (length, keys
+    and values per layer)."""
+    dev = next(model.parameters()).device
+    B = len(prompts)
     starts = [n for n, _kv in found]
     P = max(starts)
     S = max(len(ids) - s for ids, s in zip(prompts, starts))
@@ -67,7 +99,5 @@ def prefill(model, prompts: list[list[int]], edits: list[RowEdit | None],
         one = RowCache(model)
         one.seed([(layer._k[b : b + 1].index_select(2, keep),
                    layer._v[b : b + 1].index_select(2, keep)) for layer in batch.layers], len(p))
-        if plain[b]:
-            cache.put(p, one)
         rows.append(one)
     return logits, rows
