@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -113,6 +114,32 @@ def embedded_npti(tmp_path_factory):
             "metrics": json.loads((d / "metrics.json").read_text()),
             "info": json.loads((d / "run_info.json").read_text()),
             "generations": read_jsonl(d / "generations.jsonl")}
+
+
+@pytest.fixture(scope="session")
+def seed_scorers(tmp_path_factory):
+    """``seed_scorers(cache, *traits)``: put the offline trait scorers of these traits into a
+    run's fresh cache, each fitted once per session (the same code and key as a run's: the
+    fit is deterministic). For runs that check something else than the scorer's fit, so
+    that every one of them does not fit it again (a few seconds per trait); the fit inside
+    a run stays tested by the runs that are not seeded (test_cli's evaluation run,
+    gpu_check's smoke run; test_eval fits and caches a scorer directly)."""
+    from pkt.eval.scorer import TraitScorer
+
+    pool = tmp_path_factory.mktemp("scorers")
+    made = pool / "artifacts" / "scorer"
+    fitted: dict[str, Path] = {}  # trait -> its artifact folder in the pool
+
+    def seed(cache: Path, *traits: str) -> Path:
+        for t in traits:
+            if t not in fitted:
+                before = set(made.iterdir()) if made.is_dir() else set()
+                TraitScorer(t, pool)
+                (fitted[t],) = set(made.iterdir()) - before
+            shutil.copytree(fitted[t], Path(cache) / "artifacts" / "scorer" / fitted[t].name)
+        return Path(cache)
+
+    return seed
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -213,12 +213,18 @@ TINY = ["model=tiny_random", "data.n_search=4", "data.n_test=3", "gen.max_new_to
         "search_gen.max_new_tokens=8", "logger=none", "eval.capability_n_mc=5"]
 
 
-def test_one_trait_profile_equals_the_plain_run_and_reuses_identification(tmp_path):
-    cache = tmp_path / "cache"
-    plain = run_pkt([*TINY, "method=neuron", "trait=extraversion", "aspect=high"],
+FIVE = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
+
+
+def test_one_trait_profile_equals_the_plain_run_and_reuses_identification(tmp_path,
+                                                                          seed_scorers):
+    cache = seed_scorers(tmp_path / "cache", *FIVE)  # the scorers' fit is not checked here
+    # the capability figures are not compared here: measured in the two-trait run below
+    no_cap = "eval.capability=false"
+    plain = run_pkt([*TINY, no_cap, "method=neuron", "trait=extraversion", "aspect=high"],
                     tmp_path / "a", cache)
     assert plain.returncode == 0, plain.stderr[-2000:]
-    prof = run_pkt([*TINY, "method=neuron", "+profile.traits.extraversion.aspect=high",
+    prof = run_pkt([*TINY, no_cap, "method=neuron", "+profile.traits.extraversion.aspect=high",
                     "score_traits=own"], tmp_path / "b", cache)
     assert prof.returncode == 0, prof.stderr[-2000:]
     (da,), (db,) = run_dirs(tmp_path / "a"), run_dirs(tmp_path / "b")
@@ -239,8 +245,8 @@ def test_one_trait_profile_equals_the_plain_run_and_reuses_identification(tmp_pa
     assert mc["parts"]["neuroticism"]["neuron_stats_cached"] is False
     assert len(list(stats.iterdir())) == 2
     # all five traits scored, each with its change against the cached base answers
-    assert set(mc["traits"]) == {"openness", "conscientiousness", "extraversion",
-                                 "agreeableness", "neuroticism"}
+    assert set(mc["traits"]) == set(FIVE)
+    assert mc["capability"]["n_mc"] == 5 and mc["capability"]["mc_ratio"] is not None
     assert mc["traits"]["extraversion"]["aspect"] == "high"
     assert mc["traits"]["openness"]["aspect"] is None
     for row in mc["traits"].values():
@@ -280,11 +286,12 @@ def test_lora_profile_is_refused_with_one_line(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_profile_strength_auto_scales_the_union_into_the_bounds(tmp_path):
+def test_profile_strength_auto_scales_the_union_into_the_bounds(tmp_path, seed_scorers):
     """Each trait's strength=auto choice, then one common factor for the composed edit."""
     auto = ["method=neuron", "profile=extraverted_calm", "method.strength=auto",
             "method.strength_grid=[0.5,2.0]", "method.auto_n_mc=4", "eval.capability=false",
             "score_traits=own"]
+    seed_scorers(tmp_path / "cache", "extraversion", "neuroticism")
     loose = run_pkt([*TINY, *auto, "method.max_ppl_ratio=1e9", "method.min_mc_ratio=0"],
                     tmp_path / "loose", tmp_path / "cache")
     assert loose.returncode == 0, loose.stderr[-2000:]
