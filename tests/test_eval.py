@@ -106,10 +106,14 @@ def test_capability_figures_are_sane_and_follow_the_intervention(tiny, tmp_path)
     ArtifactStore(tmp_path / "artifacts").save(
         "capability_base", key, lambda tmp: (tmp / "value.json").write_text(json.dumps(planted)))
     again = capability.retention(tiny, base, tmp_path, n_mc=12)
-    assert again["ppl_base"] == 123.0 and again["ppl_ratio"] == pytest.approx(plain["ppl"] / 123.0)
+    assert again["ppl_base"] == 123.0
+    # a method that leaves the model alone (the plain model, prompting) is not probed again:
+    # its figures are the plain model's (here the planted ones), ratios 1
+    assert not base.edits_model and r["measured_by"] == again["measured_by"] == "plain_model"
+    assert again["ppl"] == 123.0 and again["ppl_ratio"] == 1.0 and again["mc_ratio"] == 1.0
     # an intervention moves the measured figures (not the base ones), and the ratio with them
     sharp = capability.retention(tiny, _SharpLogits(tiny, 25.0), tmp_path / "fresh", n_mc=12)
-    assert sharp["ppl_base"] == pytest.approx(plain["ppl"])
+    assert sharp["measured_by"] == "evaluation" and sharp["ppl_base"] == pytest.approx(plain["ppl"])
     assert sharp["ppl"] > 10 * plain["ppl"]
     assert sharp["ppl_ratio"] == pytest.approx(sharp["ppl"] / sharp["ppl_base"])
     assert capability.measure(tiny, n_mc=12)["ppl"] == pytest.approx(plain["ppl"])  # unhooked

@@ -113,19 +113,22 @@ def retention(lm, method, cache_dir, n_mc: int | None = None, batch_size: int = 
               progress: bool = False) -> dict:
     """MC accuracy and perplexity with ``method``'s intervention active, and their ratios to
     the plain model's. A method that measured exactly this already (NPTI's ``strength=auto``
-    at the chosen strength, same items) hands its figures over (``measured_by``).
-    ``progress``: a bar over the items of each probe run."""
+    at the chosen strength, same items) hands its figures over, and a method that leaves
+    the model alone (the plain model, prompting: the probe has no persona prompt) takes the
+    plain model's (``measured_by``). ``progress``: a bar over the items of each probe run."""
     base = base_figures(lm, cache_dir, n_mc, batch_size, progress)
     measured = getattr(method, "capability_measured", None)
     now = measured(n_mc) if callable(measured) else None
-    reused = now is not None
+    how = "strength_auto" if now is not None else "evaluation"
+    if now is None and not getattr(method, "edits_model", True):
+        now, how = base, "plain_model"
     if now is None:
         scope = Scope.marked()  # the scored continuations stand for generated tokens
         with method.intervention(scope=scope):
             now = measure(lm, n_mc, batch_size, scope, progress=progress,
                           desc=f"capability ({method.name})")
     return {
-        "measured_by": "strength_auto" if reused else "evaluation",
+        "measured_by": how,
         "mc_accuracy": now["mc_accuracy"], "mc_accuracy_base": base["mc_accuracy"],
         "mc_ratio": now["mc_accuracy"] / base["mc_accuracy"] if base["mc_accuracy"] else None,
         "ppl": now["ppl"], "ppl_base": base["ppl"], "ppl_ratio": now["ppl"] / base["ppl"],

@@ -135,11 +135,17 @@ class Method:
         """
         return contextlib.nullcontext()
 
+    @property
+    def edits_model(self) -> bool:
+        """Whether :meth:`intervention` changes the model (False for the plain model and
+        prompting: their capability probe is the plain model's)."""
+        return type(self).intervention is not Method.intervention
+
     def row_edit(self):
         """The intervention as one row of a shared batch (:class:`pkt.rows.RowEdit`, None
         for none): what the server decodes with, beside other rows' personalities. A method
         whose intervention cannot share a batch (an adapter) says so."""
-        if type(self).intervention is not Method.intervention:
+        if self.edits_model:
             from pkt.errors import PktError
 
             raise PktError(f"method '{self.name}' cannot share a decoding batch with other "
