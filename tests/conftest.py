@@ -136,7 +136,9 @@ def seed_scorers(tmp_path_factory):
                 before = set(made.iterdir()) if made.is_dir() else set()
                 TraitScorer(t, pool)
                 (fitted[t],) = set(made.iterdir()) - before
-            shutil.copytree(fitted[t], Path(cache) / "artifacts" / "scorer" / fitted[t].name)
+            dest = Path(cache) / "artifacts" / "scorer" / fitted[t].name
+            if not dest.exists():  # a shared cache may have it already
+                shutil.copytree(fitted[t], dest)
         return Path(cache)
 
     return seed

@@ -16,9 +16,13 @@ def _wandb_runs(run_dir):
 
 
 @pytest.mark.embedded
-def test_prompt_run_on_embedded_model(tmp_path):
+def test_prompt_run_on_embedded_model(tmp_path, embedded_npti, seed_scorers):
+    """On the session NPTI run's cache (tests/conftest.py): its strength=auto probe measured
+    the plain model on the same 4 MC items, the evaluation reuses it; the trait scorer is
+    the session's (neither is what this test checks)."""
+    cache = seed_scorers(embedded_npti["cache"], "extraversion")
     r = run_pkt(["method=prompt", "trait=extraversion", "data.n_test=2", "gen.max_new_tokens=24",
-                 "eval.capability_n_mc=4"], tmp_path)
+                 "eval.capability_n_mc=4"], tmp_path, cache)
     assert r.returncode == 0, r.stderr[-3000:]
     (d,) = run_dirs(tmp_path)
     gens = read_jsonl(d / "generations.jsonl")
