@@ -117,13 +117,32 @@ def embedded_npti(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def seed_scorers(tmp_path_factory):
+def corpus_embeddings():
+    """``corpus_embeddings(trait)``: the trait's scorer corpus ``(texts, labels, MiniLM
+    embeddings)``, embedded once per session (about 2.5 s a trait on two cores)."""
+    from pkt.eval.scorer import embed, load_corpus
+
+    done: dict[str, tuple] = {}
+
+    def get(trait: str) -> tuple:
+        trait = trait.lower()
+        if trait not in done:
+            texts, y, _ = load_corpus(trait)
+            done[trait] = (texts, y, embed(texts))
+        return done[trait]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def seed_scorers(tmp_path_factory, corpus_embeddings):
     """``seed_scorers(cache, *traits)``: put the offline trait scorers of these traits into a
     run's fresh cache, each fitted once per session (the same code and key as a run's: the
     fit is deterministic). For runs that check something else than the scorer's fit, so
     that every one of them does not fit it again (a few seconds per trait); the fit inside
     a run stays tested by the runs that are not seeded (test_cli's evaluation run,
     gpu_check's smoke run; test_eval fits and caches a scorer directly)."""
+    from pkt.eval import scorer as scorer_module
     from pkt.eval.scorer import TraitScorer
 
     pool = tmp_path_factory.mktemp("scorers")
@@ -134,7 +153,17 @@ def seed_scorers(tmp_path_factory):
         for t in traits:
             if t not in fitted:
                 before = set(made.iterdir()) if made.is_dir() else set()
-                TraitScorer(t, pool)
+                real = scorer_module.embed  # the fit embeds its corpus: the session's copy
+                corpus = corpus_embeddings(t)
+
+                def embed(xs, *a, _corpus=corpus, _real=real, **k):
+                    return _corpus[2] if xs == _corpus[0] else _real(xs, *a, **k)
+
+                scorer_module.embed = embed
+                try:
+                    TraitScorer(t, pool)
+                finally:
+                    scorer_module.embed = real
                 (fitted[t],) = set(made.iterdir()) - before
             dest = Path(cache) / "artifacts" / "scorer" / fitted[t].name
             if not dest.exists():  # a shared cache may have it already

@@ -10,7 +10,7 @@ from pkt.errors import PktError
 from pkt.eval import Evaluation, capability, fluency, summary
 from pkt.eval import scorer as scorer_module
 from pkt.eval.likelihood import choice_logprobs, continuation_logprobs
-from pkt.eval.scorer import TraitScorer, embed, load_corpus, split_accuracy
+from pkt.eval.scorer import TraitScorer, split_accuracy
 from pkt.hooks import Scope, hooked
 from pkt.methods import Method
 
@@ -136,11 +136,10 @@ def test_evaluation_config_errors():
 # 0.60-0.78 per trait (README). On a fixed 20% held-out split (67 texts), chance is 0.5 with
 # a binomial sd of 0.06; we require every trait above chance and the mean over traits >= 0.62,
 # two sd above chance and below every measured mean.
-def test_offline_scorer_separates_held_out_items():
+def test_offline_scorer_separates_held_out_items(corpus_embeddings):
     accs = []
     for t in TRAITS:
-        texts, y, _ = load_corpus(t.lower())
-        emb = embed(texts)
+        texts, y, emb = corpus_embeddings(t)  # embed(load_corpus(t)), once per session
         idx = list(range(len(texts)))
         test = idx[::5]
         train = [i for i in idx if i % 5]
