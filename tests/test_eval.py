@@ -161,8 +161,10 @@ def test_scorer_direction_and_cache(tmp_path, monkeypatch):
     assert s2.score([hi, lo]) == pytest.approx([a, b], abs=1e-6)
 
 
-def test_rescore_updates_offline_scores(tmp_path):
+def test_rescore_updates_offline_scores(tmp_path, seed_scorers):
     from pkt.eval.rescore import main as rescore
+
+    seed_scorers(tmp_path / "c", "extraversion")  # the fit is test_scorer_direction_and_cache's
 
     run = tmp_path / "sweep" / "0_base_extraversion_high"
     run.mkdir(parents=True)
