@@ -140,8 +140,8 @@ def seed_scorers(tmp_path_factory, corpus_embeddings):
     run's fresh cache, each fitted once per session (the same code and key as a run's: the
     fit is deterministic). For runs that check something else than the scorer's fit, so
     that every one of them does not fit it again (a few seconds per trait); the fit inside
-    a run stays tested by the runs that are not seeded (test_cli's evaluation run,
-    gpu_check's smoke run; test_eval fits and caches a scorer directly)."""
+    a run stays tested by the runs that are not seeded (gpu_check's smoke runs, scored
+    in a fresh cache; test_eval fits and caches a scorer directly)."""
     from pkt.eval import scorer as scorer_module
     from pkt.eval.scorer import TraitScorer
 

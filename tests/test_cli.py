@@ -152,7 +152,7 @@ def _same_personality_through_the_api_and_the_server(cache, mn: dict, neuron: li
                             personality="extraversion:high@neuron") == want
 
 
-def test_evaluation_takes_the_capability_figures_strength_auto_measured(tmp_path):
+def test_evaluation_takes_the_capability_figures_strength_auto_measured(tmp_path, seed_scorers):
     """strength=auto probed MC and perplexity at the strength it chose (a one-value grid: both
     parts are probed there, in or out of bounds): the evaluation's
     capability probe (the same measurement) is not repeated, and says so."""
@@ -160,7 +160,8 @@ def test_evaluation_takes_the_capability_figures_strength_auto_measured(tmp_path
             "method.auto_n_mc=6", "method.max_ppl_ratio=100",
             "trait=openness", "data.n_test=2", "data.n_search=4", "gen.max_new_tokens=4",
             "search_gen.max_new_tokens=6", "model=tiny_random", "logger=none"]
-    r = run_pkt([*args, "eval.capability_n_mc=6"], tmp_path / "a")
+    cache = seed_scorers(tmp_path / "a" / "cache", "openness")  # not this test's subject
+    r = run_pkt([*args, "eval.capability_n_mc=6"], tmp_path / "a", cache)
     assert r.returncode == 0, r.stderr[-3000:]
     (d,) = run_dirs(tmp_path / "a")
     m = json.loads((d / "metrics.json").read_text())
