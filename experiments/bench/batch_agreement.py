@@ -2,15 +2,19 @@
 embedded model in float32? (pkt.serve's batch, issue: batched serving, item 3.)
 
     python experiments/bench/batch_agreement.py [--model smollm2_135m] [--max-tokens 48]
-        [--n-search 16] [--search-tokens 48] [--out experiments/bench/batch_agreement.json]
+        [--n-search 16] [--search-tokens 48] [--prompt-cache 4096]
+        [--out experiments/bench/batch_agreement.json]
 
 Eight questions under each of five personalities (plain, NPTI, ActAdd, a two-trait NPTI
 profile, P²; the serving benchmark's, identified with the same budget) are decoded greedily
-twice with the server's scheduler in one process: one request at a time
-(``max_rows=1``) and all 40 submitted at once into batches of up to 16 rows. Per request:
+twice with the server's scheduler in one process: one request at a time with whole prompts
+(``max_rows=1``, no prompt cache) and all 40 submitted at once into batches of up to 16 rows
+with the server's prompt cache (``--prompt-cache`` slots, ``serve.prompt_cache_tokens``), so
+most prompts are computed in two parts. Per request:
 whether the token ids are identical, and where they first differ. Rounding is the only
 possible source of a difference (the edit and the sampling are per row and element-wise;
-the matrix products see a different number of rows).
+the matrix products see a different number of rows, and a cached prefix splits a prompt's
+prefill in two).
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ sys.path.insert(0, str(ROOT / "experiments" / "bench"))
 from serve_bench import PERSONALITIES, QUESTIONS  # noqa: E402
 
 
-def decode(lm, jobs, max_rows: int) -> tuple[list[list[int]], float, int]:
-    b = Batcher(lm, max_rows=max_rows, max_waiting=10_000)
+def decode(lm, jobs, max_rows: int, prompt_cache: int = 0) -> tuple[list[list[int]], float, int]:
+    b = Batcher(lm, max_rows=max_rows, max_waiting=10_000, prompt_cache_tokens=prompt_cache)
     outs, done = [None] * len(jobs), threading.Semaphore(0)
     t0 = time.perf_counter()
     for k, (ids, edit, s) in enumerate(jobs):
@@ -60,6 +64,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--n-search", type=int, default=16)
     ap.add_argument("--search-tokens", type=int, default=48)
+    ap.add_argument("--prompt-cache", type=int, default=4096,
+                    help="the batch's prompt cache in slots (0: whole prompts)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "bench" / "batch_agreement.json"))
     args = ap.parse_args()
     lm = pkt.load_model(args.model)
@@ -75,7 +81,7 @@ def main() -> None:
             jobs.append((ids, p.row_edit(), Sampling(max_tokens=args.max_tokens)))
             labels.append(spec or "plain")
     alone, t_alone, s_alone = decode(lm, jobs, 1)
-    mixed, t_mixed, s_mixed = decode(lm, jobs, 16)
+    mixed, t_mixed, s_mixed = decode(lm, jobs, 16, args.prompt_cache)
     rows = []
     for lab, a, m in zip(labels, alone, mixed):
         first = next((i for i, (x, y) in enumerate(zip(a, m)) if x != y),
@@ -90,7 +96,7 @@ def main() -> None:
                            for lab in dict.fromkeys(labels)},
         "seconds": {"one_at_a_time": round(t_alone, 1), "batch": round(t_mixed, 1)},
         "decode_steps": {"one_at_a_time": s_alone, "batch": s_mixed},
-        "max_tokens": args.max_tokens, "rows": rows,
+        "max_tokens": args.max_tokens, "prompt_cache_tokens": args.prompt_cache, "rows": rows,
         "command": " ".join(["python experiments/bench/batch_agreement.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
