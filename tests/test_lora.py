@@ -1,7 +1,7 @@
 """method=lora: data masking, one training step, adapter cache round trip, W&B, end to end."""
 
-import math
 import json
+import math
 import os
 import time
 from pathlib import Path
